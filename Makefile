@@ -1,0 +1,51 @@
+# The digits TorchServe bundle. `make demo` does everything once; `make test` proves it.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3.11
+
+.PHONY: help venv train package serve stop status predict demo test clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed  ## create .venv and install requirements.txt
+
+artifacts/digit_cnn.pt: $(VENV)/.installed
+	$(PY) train.py
+
+train: $(VENV)/.installed  ## train on scikit-learn's digits -> artifacts/
+	$(PY) train.py
+
+model_store/digits.mar: artifacts/digit_cnn.pt scripts/package.sh handler/digit_handler.py handler/model-config.yaml model/*.py
+	PATH=$(VENV)/bin:$$PATH scripts/package.sh
+
+package: model_store/digits.mar  ## package artifacts/ -> model_store/digits.mar
+
+serve: package  ## start TorchServe (token auth on) and wait until the model answers
+	scripts/serve.sh start
+
+stop:  ## stop TorchServe and its workers
+	scripts/serve.sh stop
+
+status:  ## is TorchServe running, and where
+	scripts/serve.sh status
+
+predict:  ## classify the sample digits over REST (TorchServe must be running)
+	$(PY) scripts/predict.py artifacts/samples/*.png
+
+demo: package  ## venv, train, package, serve, predict sample digits, stop
+	scripts/serve.sh start
+	$(PY) scripts/predict.py artifacts/samples/*.png; status=$$?; scripts/serve.sh stop; exit $$status
+
+test: $(VENV)/.installed  ## unit tests, then integration tests against a real TorchServe
+	$(PY) -m pytest
+
+clean:  ## remove trained artifacts, archives and logs (keeps .venv)
+	rm -rf artifacts model_store logs key_file.json

@@ -1,0 +1,211 @@
+"""TorchServe handler for the digit CNN: a thin BaseHandler subclass over small pure functions.
+
+Each request in a batch is parsed on its own: a bad one gets HTTP 400 with a JSON message (through
+TorchServe's per-request status), the good ones in the same batch still get their predictions, and
+the worker keeps running.
+
+Accepted per request (REST body, or one multipart field):
+  * raw image bytes: PNG, JPEG, BMP, GIF, WEBP; any size; grey, RGB, RGBA, palette, 16-bit
+  * JSON {"data": "<base64 image>"} (a data: URL too), or {"pixels": [[28 numbers] x 28]} with
+    values 0-255, white digit on black as in MNIST; either may add "topk": k
+Answered per request: {"label", "index", "probability", "topk": [{"label", "index", "probability"}, ...]}.
+Errors: {"code": 400, "type": "InputError", "message": "..."} -- the shape TorchServe uses for its own.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+from model import preprocessing
+from model.digit_cnn import DigitCNN
+from model.preprocessing import InputError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOPK = 3  # how many ranked labels each answer carries unless the request or model-config asks otherwise
+JSON_CONTENT_TYPE = "application/json"
+
+
+# ---------------------------------------------------------------- loading
+
+
+def select_device(gpu_id: int | None) -> torch.device:
+    """cuda:<gpu_id> when TorchServe gave this worker a GPU and CUDA works, else the CPU."""
+    if gpu_id is not None and torch.cuda.is_available():
+        return torch.device(f"cuda:{int(gpu_id)}")
+    return torch.device("cpu")
+
+
+def load_model(weights_path: str, device: torch.device) -> tuple[DigitCNN, dict]:
+    """Rebuild the network from the architecture recorded beside its weights; tensors and plain data only."""
+    checkpoint = torch.load(weights_path, map_location="cpu", weights_only=True)
+    model = DigitCNN(**checkpoint["arch"])
+    model.load_state_dict(checkpoint["state_dict"], strict=True)
+    model.to(device).eval()
+    return model, checkpoint
+
+
+def load_labels(model_dir: str, num_classes: int) -> list[str]:
+    """Labels from index_to_name.json in the archive; one per output of the network."""
+    path = os.path.join(model_dir, "index_to_name.json")
+    with open(path, encoding="utf-8") as file:
+        labels = preprocessing.labels_from_mapping(json.load(file))
+    if len(labels) != num_classes:
+        raise ValueError(f"{path} names {len(labels)} classes, the network has {num_classes}")
+    return labels
+
+
+# ---------------------------------------------------------------- per-request functions
+
+
+def request_payload(row: dict) -> object:
+    """The one payload of a TorchServe request row: the raw body, or the single multipart field."""
+    for key in ("data", "body"):
+        if row.get(key) is not None:
+            return row[key]
+    if len(row) == 1:
+        return next(iter(row.values()))
+    if not row:  # also what a form-urlencoded body (curl -d) becomes: TorchServe parses it as form fields
+        raise InputError(
+            "empty request: send the image as the raw body (curl --data-binary @digit.png "
+            "-H 'Content-Type: application/octet-stream', or curl -T digit.png), as multipart field 'data', or as JSON"
+        )
+    raise InputError(f"expected one body or one form field named 'data', got fields {sorted(row)}")
+
+
+def parse_topk(value: object, num_classes: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= num_classes:
+        raise InputError(f"topk must be an integer from 1 to {num_classes}, got {value!r}")
+    return value
+
+
+def decode_base64(text: object) -> bytes:
+    if not isinstance(text, str):
+        raise InputError(f'"data" must be a base64 string, got {type(text).__name__}')
+    if text.startswith("data:"):  # a browser's canvas.toDataURL(): data:image/png;base64,....
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError('"data" is not valid base64') from None
+
+
+def parse_json_object(document: object, resolution: int, default_topk: int, num_classes: int):
+    """{"data": base64} or {"pixels": 28x28} (+ optional "topk") -> (input tensor, topk)."""
+    if not isinstance(document, dict):
+        raise InputError(f'JSON body must be an object with "data" or "pixels", got {type(document).__name__}')
+    topk = parse_topk(document["topk"], num_classes) if "topk" in document else default_topk
+    if "data" in document:
+        grey = preprocessing.decode_image(decode_base64(document["data"]))
+    elif "pixels" in document:
+        grey = preprocessing.pixels_to_grey(document["pixels"])
+    else:
+        raise InputError(f'JSON body needs "data" (base64 image) or "pixels" (28x28 array), got keys {sorted(document)}')
+    return preprocessing.normalize(preprocessing.to_mnist_geometry(grey, resolution)), topk
+
+
+def looks_like_json(data: bytes) -> bool:
+    head = data[:64].lstrip()
+    return head[:1] in (b"{", b"[")
+
+
+def parse_request(row: dict, resolution: int, default_topk: int, num_classes: int) -> tuple[torch.Tensor, int]:
+    """One TorchServe request row -> (1x28x28 input tensor, topk), or InputError naming the problem.
+
+    TorchServe has already parsed application/json bodies into Python objects and text/* bodies into
+    str; other bodies arrive as bytes. JSON sent with another content type is recognised by its first byte.
+    """
+    payload = request_payload(row)
+    if isinstance(payload, (bytes, bytearray)):
+        payload = bytes(payload)
+        if looks_like_json(payload):
+            try:
+                payload = json.loads(payload)
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise InputError(f"invalid JSON: {error}") from None
+        else:
+            grey = preprocessing.decode_image(payload)
+            return preprocessing.normalize(preprocessing.to_mnist_geometry(grey, resolution)), default_topk
+    elif isinstance(payload, str):
+        try:
+            payload = json.loads(payload)
+        except json.JSONDecodeError:
+            raise InputError("text body is neither an image nor JSON") from None
+    return parse_json_object(payload, resolution, default_topk, num_classes)
+
+
+def predict(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """N x 1 x 28 x 28 -> N x classes probabilities."""
+    with torch.inference_mode():
+        return torch.softmax(model(batch), dim=1)
+
+
+def format_prediction(probabilities: torch.Tensor, labels: list[str], topk: int) -> dict:
+    values, indices = torch.topk(probabilities, topk)
+    ranked = [
+        {"label": labels[index], "index": index, "probability": round(value, 6)}
+        for value, index in zip(values.tolist(), indices.tolist())
+    ]
+    return {**ranked[0], "topk": ranked}
+
+
+def format_error(code: int, message: str, error_type: str = "InputError") -> dict:
+    return {"code": code, "type": error_type, "message": message}
+
+
+# ---------------------------------------------------------------- the handler
+
+
+class DigitHandler(BaseHandler):
+    """Loads the digit CNN once; answers each request in a batch on its own."""
+
+    def initialize(self, context):
+        properties = context.system_properties
+        model_dir = properties["model_dir"]
+        settings = (context.model_yaml_config or {}).get("handler", {}) or {}
+        threads = int(settings.get("torch_threads", 0))
+        if threads > 0:  # workers share the cores: each should use its share, not all of them
+            torch.set_num_threads(threads)
+        self.device = select_device(properties.get("gpu_id"))
+        weights = os.path.join(model_dir, context.manifest["model"]["serializedFile"])
+        self.model, checkpoint = load_model(weights, self.device)
+        self.labels = load_labels(model_dir, checkpoint["arch"]["num_classes"])
+        self.resolution = int(checkpoint.get("preprocessing", {}).get("resolution", preprocessing.DIGIT_BOX))
+        self.topk = min(int(settings.get("topk", DEFAULT_TOPK)), len(self.labels))
+        # TorchServe's service logs "Backend received inference at" at INFO for every batch; per-request
+        # lines cost throughput and fill the disk, so its logger reports warnings only.
+        logging.getLogger("ts.service").setLevel(logging.WARNING)
+        self.context = context
+        self.initialized = True
+        logger.info(
+            "digit model loaded on %s (%d classes, torch threads %d, resolution %d)",
+            self.device, len(self.labels), torch.get_num_threads(), self.resolution,
+        )
+
+    def handle(self, data, context):
+        results: list = [None] * len(data)
+        accepted: list[tuple[int, torch.Tensor, int]] = []
+        for idx, row in enumerate(data):
+            context.set_response_content_type(idx, JSON_CONTENT_TYPE)
+            try:
+                tensor, topk = parse_request(row, self.resolution, self.topk, len(self.labels))
+                accepted.append((idx, tensor, topk))
+            except InputError as error:
+                context.set_response_status(400, "Bad Request", idx)
+                results[idx] = json.dumps(format_error(400, str(error)))
+            except Exception:  # a bug must cost this request alone, never the batch or the worker
+                logger.exception("unexpected error parsing request %d", idx)
+                context.set_response_status(500, "Internal Server Error", idx)
+                results[idx] = json.dumps(format_error(500, "internal error while reading the input", "InternalError"))
+        if accepted:
+            batch = torch.stack([tensor for _, tensor, _ in accepted]).to(self.device)
+            probabilities = predict(self.model, batch).cpu()
+            for (idx, _, topk), row_probabilities in zip(accepted, probabilities):
+                results[idx] = json.dumps(format_prediction(row_probabilities, self.labels, topk))
+        return results

@@ -1,0 +1,188 @@
+"""The one preprocessing module: input geometry, normalisation, decoding and labels.
+
+train.py, the TorchServe handler and the tests all import this file, and the .mar carries it, so a
+digit is turned into a tensor the same way when the model learns and when it serves.
+
+The target is MNIST's geometry: a 28x28 grey image, white digit on black, the digit's bounding box
+scaled to fit 20x20 (aspect kept) and placed so its centre of mass sits at the centre. Every input
+-- an 8x8 scikit-learn scan, a 28x28 MNIST PNG, a photo of a digit drawn in black on white paper,
+a screen drawing with a transparent background -- goes through `to_mnist_geometry`.
+"""
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+IMAGE_SIZE = 28  # side of the network's input, pixels
+DIGIT_BOX = 20  # MNIST scales each digit's bounding box to fit 20x20 ...
+# ... and centres it by centre of mass in the 28x28 frame.
+MEAN, STD = 0.1307, 0.3081  # MNIST's pixel mean and std on [0, 1]; both datasets are put in its geometry
+NUM_CLASSES = 10
+DEFAULT_LABELS = [str(digit) for digit in range(NUM_CLASSES)]
+
+ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")  # what Pillow may parse; fewer parsers, less attack surface
+MAX_IMAGE_PIXELS = 4096 * 4096  # larger images are refused from their header, before any pixel is decoded
+MIN_IMAGE_SIDE = 8  # scikit-learn's scans are 8x8; anything smaller holds no legible digit
+MIN_CONTRAST = 8 / 255  # a max-min range below this is a blank image, not a digit
+INK_THRESHOLD = 0.1  # a pixel brighter than this (after polarity and background removal) belongs to the digit
+
+
+class InputError(ValueError):
+    """A request's input is not a usable digit image. The message says why, for the client."""
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Decode image bytes into a float32 grey array in [0, 1], any size, with the digit's ink kept.
+
+    Refuses (InputError) what is not an allowed image format, truncated files, and images over
+    MAX_IMAGE_PIXELS (checked from the header, before decoding pixels).
+    """
+    if not data:
+        raise InputError("empty body: send an image (PNG, JPEG, BMP, GIF, WEBP) or JSON")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise InputError(f"image too large: {error}") from None
+    except Image.UnidentifiedImageError:
+        raise InputError(f"not an image: expected one of {', '.join(ALLOWED_FORMATS)}") from None
+    except (OSError, ValueError, SyntaxError, struct.error, EOFError, IndexError, TypeError) as error:
+        raise InputError(f"unreadable image: {error}") from None
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputError(f"image too large: {width}x{height} pixels, the limit is {MAX_IMAGE_PIXELS} pixels")
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise InputError(f"image too small: {width}x{height} pixels, each side must be at least {MIN_IMAGE_SIDE}")
+    try:
+        image.seek(0)  # an animated GIF or WEBP: its first frame
+        image.load()
+        image = ImageOps.exif_transpose(image)  # phone photos: honour the orientation tag
+        return image_to_grey(image)
+    except InputError:
+        raise
+    except (OSError, ValueError, SyntaxError, struct.error, EOFError, IndexError, TypeError, KeyError) as error:
+        raise InputError(f"unreadable image: {error}") from None
+
+
+def image_to_grey(image: Image.Image) -> np.ndarray:
+    """Any decoded Pillow image -> float32 array in [0, 1] (0 black, 1 white), alpha flattened."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+        return np.clip(pixels / top, 0.0, 1.0).astype(np.float32)
+    if image.mode == "F":
+        pixels = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(pixels).all():
+            raise InputError("image holds NaN or infinite pixel values")
+        top = 255.0 if pixels.max() > 1.0 else 1.0
+        return np.clip(pixels / top, 0.0, 1.0).astype(np.float32)
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    if not has_alpha:
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+    grey = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as Pillow's "L"
+    alpha = rgba[..., 3]
+    # A screen drawing often has a transparent background: put its strokes on a background that
+    # contrasts with them (dark strokes on white, light strokes on black), so the digit survives.
+    opaque = alpha > 0.5
+    ink_is_dark = grey[opaque].mean() < 0.5 if opaque.any() else True
+    background = 1.0 if ink_is_dark else 0.0
+    return (grey * alpha + background * (1.0 - alpha)).astype(np.float32)
+
+
+def pixels_to_grey(pixels: object) -> np.ndarray:
+    """A JSON 28x28 array of pixel values (0..255, white digit on black as in MNIST) -> float32 in [0, 1]."""
+    try:
+        array = np.asarray(pixels, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise InputError(
+            f"pixel array must be a {IMAGE_SIZE}x{IMAGE_SIZE} array of numbers (0-255)"
+        ) from None
+    if array.shape != (IMAGE_SIZE, IMAGE_SIZE):
+        raise InputError(f"pixel array must be {IMAGE_SIZE}x{IMAGE_SIZE}, got shape {list(array.shape)}")
+    if not np.isfinite(array).all():
+        raise InputError("pixel array holds NaN or infinite values")
+    if array.min() < 0 or array.max() > 255:
+        raise InputError(f"pixel values must lie in 0..255, got {array.min():g}..{array.max():g}")
+    return (array / 255.0).astype(np.float32)
+
+
+def to_mnist_geometry(grey: np.ndarray, resolution: int = DIGIT_BOX) -> np.ndarray:
+    """Grey image in [0, 1], any size and polarity -> 28x28 float32, white digit on black, MNIST-centred.
+
+    Steps: make the digit white on black (judged from the border), remove the background level and
+    stretch the ink to 1, crop to the ink's bounding box, scale its longer side to DIGIT_BOX, and
+    paste it so the centre of mass lands in the middle of the frame.
+    """
+    grey = np.asarray(grey, dtype=np.float32)
+    if grey.ndim != 2 or min(grey.shape) < 1:
+        raise InputError(f"expected a 2-D grey image, got shape {list(grey.shape)}")
+    if float(grey.max() - grey.min()) < MIN_CONTRAST:
+        raise InputError("blank image: no digit found")
+    border = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
+    if np.median(border) > 0.5:  # dark digit on a light background: make it white on black
+        grey = 1.0 - grey
+        border = 1.0 - border
+    background = float(np.median(border))
+    ink = np.clip((grey - background) / max(float(grey.max()) - background, 1e-6), 0.0, 1.0)
+    rows = np.flatnonzero((ink > INK_THRESHOLD).any(axis=1))
+    cols = np.flatnonzero((ink > INK_THRESHOLD).any(axis=0))
+    if rows.size == 0:
+        raise InputError("blank image: no digit found")
+    box = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    height, width = box.shape
+    box = Image.fromarray(box, mode="F")
+    if resolution < max(height, width):
+        # Rasterise at the resolution the model was trained on (8 for scikit-learn's 8x8 scans), so a
+        # sharp 28x28 MNIST digit carries the same detail as a training scan before it is enlarged.
+        scale = resolution / max(height, width)
+        low_h, low_w = max(1, round(height * scale)), max(1, round(width * scale))
+        box = box.resize((low_w, low_h), Image.BILINEAR)
+    scale = DIGIT_BOX / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    # Pillow's resize is antialiased when shrinking and smooth when enlarging an 8x8 scan.
+    box = np.asarray(box.resize((new_w, new_h), Image.BILINEAR), dtype=np.float32)
+    box = np.clip(box, 0.0, 1.0)
+    total = float(box.sum())
+    if total <= 0.0:
+        raise InputError("blank image: no digit found")
+    com_y = float((box.sum(axis=1) * np.arange(new_h)).sum()) / total
+    com_x = float((box.sum(axis=0) * np.arange(new_w)).sum()) / total
+    centre = (IMAGE_SIZE - 1) / 2
+    top = int(np.clip(round(centre - com_y), 0, IMAGE_SIZE - new_h))
+    left = int(np.clip(round(centre - com_x), 0, IMAGE_SIZE - new_w))
+    frame = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    frame[top : top + new_h, left : left + new_w] = box
+    return frame
+
+
+def normalize(frame: np.ndarray) -> torch.Tensor:
+    """28x28 float array in [0, 1] -> the network's 1x28x28 input tensor."""
+    return ((torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32)) - MEAN) / STD).unsqueeze(0)
+
+
+def image_bytes_to_tensor(data: bytes) -> torch.Tensor:
+    """Image bytes -> 1x28x28 network input: the whole serving path for one image."""
+    return normalize(to_mnist_geometry(decode_image(data)))
+
+
+def pixels_to_tensor(pixels: object) -> torch.Tensor:
+    """JSON pixel array -> 1x28x28 network input."""
+    return normalize(to_mnist_geometry(pixels_to_grey(pixels)))
+
+
+def labels_from_mapping(index_to_name: dict[str, str]) -> list[str]:
+    """index_to_name.json's {"0": "zero", ...} -> list of names by class index; rejects gaps."""
+    try:
+        indices = sorted(int(key) for key in index_to_name)
+    except ValueError:
+        raise ValueError("index_to_name keys must be class indices") from None
+    if indices != list(range(len(indices))):
+        raise ValueError(f"index_to_name must cover 0..{len(indices) - 1} without gaps, got {indices}")
+    return [str(index_to_name[str(index)]) for index in indices]

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Package the trained digit CNN into a TorchServe archive: model_store/<name>.mar
+#
+#   scripts/package.sh                       # artifacts/ -> model_store/digits.mar, version 1.0
+#   scripts/package.sh --version 2.0 --artifacts artifacts-v2
+#
+# The archive carries the weights (state_dict + architecture), the handler, the model/ package
+# (network + the one preprocessing module) so the handler imports it exactly as train.py does,
+# index_to_name.json, and handler/model-config.yaml (workers, batching, timeouts).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+model_name="digits"
+version="1.0"
+artifacts="artifacts"
+export_path="model_store"
+model_config="$root/handler/model-config.yaml"
+
+usage() {
+  cat <<USAGE
+usage: scripts/package.sh [--version V] [--model-name NAME] [--artifacts DIR] [--export-path DIR] [--model-config FILE]
+  --version       model version recorded in the archive (default: $version)
+  --model-name    archive and model name (default: $model_name)
+  --artifacts     train.py's output dir with digit_cnn.pt and index_to_name.json (default: $artifacts)
+  --export-path   where <name>.mar is written (default: $export_path)
+  --model-config  TorchServe per-model settings (default: handler/model-config.yaml)
+USAGE
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --version) version="$2"; shift 2 ;;
+    --model-name) model_name="$2"; shift 2 ;;
+    --artifacts) artifacts="$2"; shift 2 ;;
+    --export-path) export_path="$2"; shift 2 ;;
+    --model-config) model_config="$2"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "package.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+
+weights="$artifacts/digit_cnn.pt"
+labels="$artifacts/index_to_name.json"
+for file in "$weights" "$labels"; do
+  if [ ! -f "$file" ]; then
+    echo "package.sh: $file not found. Train first: python train.py --output-dir $artifacts" >&2
+    exit 1
+  fi
+done
+[ -f "$model_config" ] || { echo "package.sh: model config $model_config not found" >&2; exit 1; }
+
+archiver="$(command -v torch-model-archiver || true)"
+[ -n "$archiver" ] || archiver="$root/.venv/bin/torch-model-archiver"
+[ -x "$archiver" ] || { echo "package.sh: torch-model-archiver not found; run 'make venv' first" >&2; exit 1; }
+
+# Extra files given as a directory are copied by their contents; staging keeps model/ a package.
+stage="$(mktemp -d)"
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage/model"
+cp "$root"/model/*.py "$stage/model/"
+cp "$labels" "$stage/index_to_name.json"
+
+mkdir -p "$export_path"
+"$archiver" \
+  --model-name "$model_name" \
+  --version "$version" \
+  --model-file "$root/model/digit_cnn.py" \
+  --serialized-file "$weights" \
+  --handler "$root/handler/digit_handler.py" \
+  --extra-files "$stage" \
+  --config-file "$model_config" \
+  --export-path "$export_path" \
+  --force
+echo "wrote $export_path/$model_name.mar (model $model_name, version $version)"
