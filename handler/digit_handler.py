@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TOPK = 3  # how many ranked labels each answer carries unless the request or model-config asks otherwise
 JSON_CONTENT_TYPE = "application/json"
+# Each answer says how many requests shared its forward pass: shows whether dynamic batching happens.
+BATCH_SIZE_HEADER = "X-Batch-Size"
 
 
 # ---------------------------------------------------------------- loading
@@ -191,8 +193,10 @@ class DigitHandler(BaseHandler):
     def handle(self, data, context):
         results: list = [None] * len(data)
         accepted: list[tuple[int, torch.Tensor, int]] = []
+        batch_size = str(len(data))
         for idx, row in enumerate(data):
             context.set_response_content_type(idx, JSON_CONTENT_TYPE)
+            context.set_response_header(idx, BATCH_SIZE_HEADER, batch_size)
             try:
                 tensor, topk = parse_request(row, self.resolution, self.topk, len(self.labels))
                 accepted.append((idx, tensor, topk))

@@ -1,0 +1,57 @@
+"""Shared fixtures: a model trained once per session with train.py's default flags, and image helpers."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def png_bytes(pixels: np.ndarray, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode=mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def sklearn_scans_u8() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 scans as 8-bit images, exactly as train.py stores them, and their labels."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8), digits.target
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory) -> Path:
+    """train.py run once with its default flags (real training, ~20 s on 2 cores)."""
+    out = tmp_path_factory.mktemp("artifacts")
+    subprocess.run([sys.executable, str(ROOT / "train.py"), "--output-dir", str(out)], check=True, cwd=ROOT)
+    return out
+
+
+@pytest.fixture(scope="session")
+def metrics(artifacts) -> dict:
+    return json.loads((artifacts / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def test_split() -> tuple[np.ndarray, np.ndarray]:
+    """The default run's test split (seed 0) as 8x8 8-bit scans and labels."""
+    import train
+
+    images, labels = sklearn_scans_u8()
+    _, _, test_idx = train.stratified_split(labels, (0.15, 0.15), seed=0)
+    return images[test_idx], labels[test_idx]

@@ -1,0 +1,172 @@
+"""The handler's pure functions and the handler itself under TorchServe's own Context, no server."""
+import base64
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from ts.context import Context, RequestProcessor
+
+import train
+from handler import digit_handler
+from handler.digit_handler import DigitHandler
+from model import preprocessing
+from model.preprocessing import InputError
+from tests.conftest import png_bytes, sklearn_scans_u8
+
+
+@pytest.fixture(scope="module")
+def model_dir(artifacts, tmp_path_factory):
+    """What TorchServe unpacks from the .mar, as far as the handler reads it."""
+    directory = tmp_path_factory.mktemp("model_dir")
+    shutil.copy(artifacts / train.WEIGHTS_FILE, directory)
+    shutil.copy(artifacts / "index_to_name.json", directory)
+    return directory
+
+
+def make_context(model_dir, batch_size: int, yaml_config=None) -> Context:
+    context = Context(
+        model_name="digits",
+        model_dir=str(model_dir),
+        manifest={"model": {"serializedFile": train.WEIGHTS_FILE, "modelName": "digits"}},
+        batch_size=batch_size,
+        gpu=None,
+        mms_version="0.12.0",
+        model_yaml_config=yaml_config if yaml_config is not None else {"handler": {"topk": 3}},
+    )
+    context.request_processor = [RequestProcessor({}) for _ in range(batch_size)]
+    return context
+
+
+@pytest.fixture(scope="module")
+def handler(model_dir):
+    handler = DigitHandler()
+    handler.initialize(make_context(model_dir, 1))
+    return handler
+
+
+def run_batch(handler, model_dir, rows):
+    context = make_context(model_dir, len(rows))
+    results = handler.handle(rows, context)
+    statuses = [context.get_response_status(idx)[0] for idx in range(len(rows))]
+    return [json.loads(result) for result in results], statuses, context
+
+
+def test_training_and_serving_produce_the_same_tensor():
+    """A training scan, through train.py's path and through the handler's (as PNG bytes), is one tensor."""
+    images, labels = sklearn_scans_u8()
+    frames, _ = train.to_frames(images[:20].astype(np.float32) / 255.0, labels[:20], train.DIGITS_RESOLUTION)
+    training = train.normalize_batch(torch.from_numpy(frames))
+    for index in range(20):
+        tensor, topk = digit_handler.parse_request(
+            {"body": bytearray(png_bytes(images[index]))}, train.DIGITS_RESOLUTION, 3, 10
+        )
+        assert topk == 3
+        assert torch.equal(tensor, training[index])
+
+
+def test_initialize_reads_weights_labels_and_settings(handler):
+    assert handler.initialized and handler.device == torch.device("cpu")
+    assert handler.labels == preprocessing.DEFAULT_LABELS
+    assert handler.resolution == train.DIGITS_RESOLUTION
+    assert not handler.model.training
+
+
+def test_select_device():
+    assert digit_handler.select_device(None) == torch.device("cpu")
+    expected = torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
+    assert digit_handler.select_device(0) == expected
+
+
+def test_weights_load_with_weights_only(artifacts):
+    checkpoint = torch.load(artifacts / train.WEIGHTS_FILE, weights_only=True)
+    assert set(checkpoint) >= {"arch", "state_dict", "labels", "preprocessing"}
+
+
+def test_batch_of_every_input_kind_predicts_the_true_digits(handler, model_dir, test_split):
+    images, labels = test_split
+    scans = [png_bytes(image) for image in images[:4]]
+    rows = [
+        {"body": bytearray(scans[0])},  # raw bytes
+        {"body": {"data": base64.b64encode(scans[1]).decode()}},  # JSON parsed by TorchServe
+        {"data": bytearray(scans[2])},  # multipart field "data"
+        {"body": json.dumps({"data": "data:image/png;base64," + base64.b64encode(scans[3]).decode(), "topk": 5}).encode()},
+    ]
+    answers, statuses, context = run_batch(handler, model_dir, rows)
+    assert statuses == [200] * 4
+    assert [answer["label"] for answer in answers] == [str(label) for label in labels[:4]]
+    assert [len(answer["topk"]) for answer in answers] == [3, 3, 3, 5]
+    for answer in answers:
+        probabilities = [entry["probability"] for entry in answer["topk"]]
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert answer["probability"] == probabilities[0] and 0 < answer["probability"] <= 1
+    assert context.get_response_headers(0)["X-Batch-Size"] == "4"
+    assert context.get_response_content_type(0) == "application/json"
+
+
+def test_pixel_array_request(handler, model_dir, test_split):
+    images, labels = test_split
+    frame = preprocessing.to_mnist_geometry(images[0] / 255.0)
+    pixels = np.rint(frame * 255).astype(int).tolist()
+    answers, statuses, _ = run_batch(handler, model_dir, [{"body": {"pixels": pixels}}])
+    assert statuses == [200] and answers[0]["label"] == str(labels[0])
+
+
+BAD_ROWS = {
+    "empty body": ({"body": bytearray()}, "empty"),
+    "no fields (curl -d)": ({}, "empty request"),
+    "not an image": ({"body": bytearray(b"\x00\x01garbage" * 10)}, "not an image"),
+    "text body": ({"body": "hello"}, "neither an image nor JSON"),
+    "invalid json": ({"body": bytearray(b'{"data": ')}, "invalid JSON"),
+    "json list": ({"body": [1, 2, 3]}, "must be an object"),
+    "json without data": ({"body": {"image": "x"}}, 'needs "data"'),
+    "bad base64": ({"body": {"data": "###not base64###"}}, "not valid base64"),
+    "base64 of text": ({"body": {"data": base64.b64encode(b"just text").decode()}}, "not an image"),
+    "data not a string": ({"body": {"data": 7}}, "base64 string"),
+    "wrong shape": ({"body": {"pixels": [[0] * 28] * 3}}, "28x28"),
+    "out of range": ({"body": {"pixels": [[999] * 28] * 28}}, "0..255"),
+    "bad topk": ({"body": {"pixels": [[0] * 28] * 28, "topk": 11}}, "topk"),
+    "too small": ({"body": bytearray(png_bytes(np.full((2, 2), 255, np.uint8)))}, "too small"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_ROWS))
+def test_bad_request_gets_400_alone_and_the_rest_of_the_batch_is_answered(handler, model_dir, test_split, name):
+    row, message = BAD_ROWS[name]
+    images, labels = test_split
+    good = {"body": bytearray(png_bytes(images[5]))}
+    answers, statuses, _ = run_batch(handler, model_dir, [good, row, good])
+    assert statuses == [200, 400, 200]
+    assert answers[1]["code"] == 400 and answers[1]["type"] == "InputError"
+    assert message in answers[1]["message"]
+    assert answers[0]["label"] == answers[2]["label"] == str(labels[5])
+
+
+def test_unexpected_error_costs_only_that_request(handler, model_dir, test_split, monkeypatch):
+    images, labels = test_split
+    real_parse = digit_handler.parse_request
+
+    def flaky(row, *args):
+        if row.get("boom"):
+            raise RuntimeError("a bug")
+        return real_parse(row, *args)
+
+    monkeypatch.setattr(digit_handler, "parse_request", flaky)
+    answers, statuses, _ = run_batch(handler, model_dir, [{"boom": b"1", "x": b"2"}, {"body": bytearray(png_bytes(images[1]))}])
+    assert statuses == [500, 200]
+    assert answers[0]["type"] == "InternalError" and answers[1]["label"] == str(labels[1])
+
+
+def test_parse_topk_rejects_bools_and_out_of_range():
+    assert digit_handler.parse_topk(10, 10) == 10
+    for bad in (0, 11, True, 2.0, "3"):
+        with pytest.raises(InputError):
+            digit_handler.parse_topk(bad, 10)
+
+
+def test_format_prediction_ranks_labels():
+    probabilities = torch.tensor([0.1, 0.6, 0.3])
+    answer = digit_handler.format_prediction(probabilities, ["a", "b", "c"], 2)
+    assert answer["label"] == "b" and answer["index"] == 1
+    assert [entry["label"] for entry in answer["topk"]] == ["b", "c"]

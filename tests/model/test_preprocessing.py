@@ -1,0 +1,191 @@
+"""The shared preprocessing: every accepted input kind, every refusal, and MNIST geometry."""
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model import preprocessing
+from model.preprocessing import InputError
+from tests.conftest import encode, png_bytes, sklearn_scans_u8
+
+
+def digit_seven(size: int = 28, ink: int = 255, background: int = 0) -> np.ndarray:
+    """A crude '7' drawn in a size x size grey image."""
+    image = np.full((size, size), background, dtype=np.uint8)
+    s = size / 28
+    image[int(5 * s) : int(8 * s), int(6 * s) : int(22 * s)] = ink
+    for row in range(int(8 * s), int(24 * s)):
+        col = int(22 * s - (row - 8 * s) * 0.5)
+        image[row, max(col - int(2 * s), 0) : col + 1] = ink
+    return image
+
+
+def centre_of_mass(frame: np.ndarray) -> tuple[float, float]:
+    total = frame.sum()
+    rows, cols = np.indices(frame.shape)
+    return float((rows * frame).sum() / total), float((cols * frame).sum() / total)
+
+
+def test_geometry_is_28x28_white_on_black_centred_with_20px_box():
+    frame = preprocessing.to_mnist_geometry(digit_seven(100) / 255.0)
+    assert frame.shape == (28, 28) and frame.dtype == np.float32
+    assert 0.0 <= frame.min() and frame.max() <= 1.0
+    rows = np.flatnonzero(frame.max(axis=1) > 0.1)
+    cols = np.flatnonzero(frame.max(axis=0) > 0.1)
+    assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 in (19, 20, 21)
+    com_y, com_x = centre_of_mass(frame)
+    assert abs(com_y - 13.5) <= 1.0 and abs(com_x - 13.5) <= 1.0
+
+
+def test_dark_digit_on_light_background_is_inverted():
+    light = preprocessing.to_mnist_geometry(digit_seven(56, ink=20, background=235) / 255.0)
+    dark = preprocessing.to_mnist_geometry(digit_seven(56) / 255.0)
+    assert light[0, 0] == 0.0  # background became black
+    np.testing.assert_allclose(light, dark, atol=0.05)
+
+
+def test_grey_background_is_removed_and_ink_stretched():
+    frame = preprocessing.to_mnist_geometry(digit_seven(28, ink=180, background=60) / 255.0)
+    assert frame.max() > 0.95 and frame[0, 0] == 0.0
+
+
+def test_mnist_style_input_is_nearly_unchanged():
+    """A 28x28 digit already in MNIST geometry (20px box, centred) passes through almost as it is."""
+    once = preprocessing.to_mnist_geometry(digit_seven(28) / 255.0)
+    twice = preprocessing.to_mnist_geometry(once)
+    assert np.abs(once - twice).mean() < 0.02
+
+
+@pytest.mark.parametrize(
+    "mode,fmt",
+    [("L", "PNG"), ("RGB", "PNG"), ("RGB", "JPEG"), ("L", "BMP"), ("P", "GIF"), ("RGB", "WEBP"), ("1", "PNG")],
+)
+def test_decodes_formats_and_modes(mode, fmt):
+    image = Image.fromarray(digit_seven(64)).convert(mode)
+    tensor = preprocessing.image_bytes_to_tensor(encode(image, fmt))
+    reference = preprocessing.image_bytes_to_tensor(png_bytes(digit_seven(64)))
+    assert tensor.shape == (1, 28, 28) and tensor.dtype == torch.float32
+    assert torch.isfinite(tensor).all()
+    assert (tensor - reference).abs().mean() < 0.15  # lossy formats differ a little
+
+
+def test_16_bit_png():
+    pixels16 = digit_seven(40).astype(np.uint16) * 257
+    tensor = preprocessing.image_bytes_to_tensor(encode(Image.fromarray(pixels16), "PNG"))
+    reference = preprocessing.image_bytes_to_tensor(png_bytes(digit_seven(40)))
+    torch.testing.assert_close(tensor, reference, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("stroke", [0, 255])
+def test_transparent_background_keeps_the_strokes(stroke):
+    """A screen drawing: strokes (black or white) on a fully transparent canvas."""
+    alpha = digit_seven(64)
+    rgba = np.zeros((64, 64, 4), dtype=np.uint8)
+    rgba[..., :3] = stroke
+    rgba[..., 3] = alpha
+    tensor = preprocessing.image_bytes_to_tensor(encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+    reference = preprocessing.image_bytes_to_tensor(png_bytes(digit_seven(64)))
+    torch.testing.assert_close(tensor, reference, atol=0.05, rtol=0)
+
+
+def test_palette_png_with_transparency():
+    image = Image.fromarray(digit_seven(32)).convert("P")
+    image.info["transparency"] = 0
+    tensor = preprocessing.image_bytes_to_tensor(encode(image, "PNG", transparency=0))
+    assert tensor.shape == (1, 28, 28) and torch.isfinite(tensor).all()
+
+
+def test_animated_gif_uses_the_first_frame():
+    first = Image.fromarray(digit_seven(32)).convert("P")
+    second = Image.fromarray(255 - digit_seven(32)).convert("P")
+    data = encode(first, "GIF", save_all=True, append_images=[second], duration=100)
+    reference = preprocessing.image_bytes_to_tensor(encode(first, "GIF"))
+    torch.testing.assert_close(preprocessing.image_bytes_to_tensor(data), reference)
+
+
+def test_large_image_is_scaled_down():
+    tensor = preprocessing.image_bytes_to_tensor(png_bytes(digit_seven(1000)))
+    assert tensor.shape == (1, 28, 28)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels but holds no pixel data (a decompression bomb's header)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        (b"", "empty"),
+        (b"hello, I am text", "not an image"),
+        (bytes(range(256)) * 4, "not an image"),
+        (png_bytes(digit_seven(28))[:60], "unreadable"),
+        (png_header_only(50_000, 50_000), "too large"),
+        (png_header_only(5000, 4000), "too large"),
+        (png_bytes(np.full((1, 1), 255, np.uint8)), "too small"),
+        (png_bytes(np.zeros((28, 28), np.uint8)), "blank"),
+        (png_bytes(np.full((28, 28), 200, np.uint8)), "blank"),
+    ],
+    ids=["empty", "text", "random", "truncated", "bomb", "over-limit", "1x1", "black", "flat-grey"],
+)
+def test_bad_images_raise_input_error(data, message):
+    with pytest.raises(InputError, match=message):
+        preprocessing.image_bytes_to_tensor(data)
+
+
+def test_tiff_is_not_an_accepted_format():
+    with pytest.raises(InputError, match="not an image"):
+        preprocessing.decode_image(encode(Image.fromarray(digit_seven(28)), "TIFF"))
+
+
+def test_pixel_array_matches_the_same_image_as_png():
+    pixels = digit_seven(28)
+    torch.testing.assert_close(
+        preprocessing.pixels_to_tensor(pixels.tolist()), preprocessing.image_bytes_to_tensor(png_bytes(pixels))
+    )
+
+
+@pytest.mark.parametrize(
+    "pixels,message",
+    [
+        ([[0] * 28] * 27, "28x28"),
+        ([[0] * 27] * 28, "28x28"),
+        ([0] * 784, "28x28"),
+        ([[float("nan")] * 28] * 28, "NaN"),
+        ([[300] * 28] * 28, "0..255"),
+        ([[-1] * 28] * 28, "0..255"),
+        ([["a"] * 28] * 28, "numbers"),
+        ([[[0, 0]] * 28] * 28, "28x28"),
+        ("not an array", "28x28"),
+    ],
+    ids=["27-rows", "27-cols", "flat", "nan", "over-255", "negative", "strings", "3d", "string"],
+)
+def test_bad_pixel_arrays(pixels, message):
+    with pytest.raises(InputError, match=message):
+        preprocessing.pixels_to_tensor(pixels)
+
+
+def test_normalize_uses_mnist_statistics():
+    tensor = preprocessing.normalize(np.zeros((28, 28), np.float32))
+    assert tensor.shape == (1, 28, 28)
+    assert torch.allclose(tensor, torch.full_like(tensor, -preprocessing.MEAN / preprocessing.STD))
+
+
+def test_every_training_scan_decodes_through_the_serving_path():
+    images, _ = sklearn_scans_u8()
+    for scan in images[:50]:
+        assert preprocessing.image_bytes_to_tensor(png_bytes(scan)).shape == (1, 28, 28)
+
+
+def test_labels_from_mapping():
+    assert preprocessing.labels_from_mapping({"1": "b", "0": "a"}) == ["a", "b"]
+    with pytest.raises(ValueError, match="gaps"):
+        preprocessing.labels_from_mapping({"0": "a", "2": "c"})
