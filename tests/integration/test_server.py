@@ -1,0 +1,201 @@
+"""Against a real TorchServe: a freshly built .mar, real sockets, token authorization on."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import psutil
+import pytest
+import requests
+
+from tests.conftest import png_bytes
+from tests.integration.conftest import BATCH_MODEL, start_server
+
+pytestmark = pytest.mark.integration
+
+
+def predict(server, body: bytes | str, model: str = "digits", headers: dict | None = None, **kwargs):
+    return requests.post(
+        f"{server.endpoints.inference}/predictions/{model}",
+        data=body,
+        headers={**server.auth(), "Content-Type": "application/octet-stream", **(headers or {})},
+        timeout=30,
+        **kwargs,
+    )
+
+
+def test_ping_with_token(server):
+    response = requests.get(f"{server.endpoints.inference}/ping", headers=server.auth(), timeout=10)
+    assert response.status_code == 200 and response.json()["status"] == "Healthy"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-token"}], ids=["missing", "wrong"])
+def test_requests_without_the_right_token_are_refused(server, test_split, headers):
+    scan = png_bytes(test_split[0][0])
+    refused = [
+        requests.post(f"{server.endpoints.inference}/predictions/digits", data=scan, headers=headers, timeout=10),
+        requests.get(f"{server.endpoints.inference}/ping", headers=headers, timeout=10),
+        requests.get(f"{server.endpoints.management}/models", headers=headers, timeout=10),
+    ]
+    for response in refused:
+        assert response.status_code in (400, 401)
+        assert response.json()["type"] == "InvalidKeyException"
+
+
+def test_inference_token_does_not_open_the_management_api(server):
+    response = requests.get(f"{server.endpoints.management}/models", headers=server.auth("inference"), timeout=10)
+    assert response.status_code in (400, 401)
+
+
+def test_test_split_accuracy_over_rest_matches_training_metrics(server, test_split, metrics):
+    """All 270 held-out scans, sent as PNGs: the server reproduces train.py's test accuracy exactly."""
+    images, labels = test_split
+    with requests.Session() as session, ThreadPoolExecutor(8) as pool:
+        def call(image):
+            return session.post(
+                f"{server.endpoints.inference}/predictions/digits", data=png_bytes(image), headers=server.auth(), timeout=30
+            )
+
+        responses = list(pool.map(call, images))
+    assert [response.status_code for response in responses] == [200] * len(images)
+    predicted = np.array([int(response.json()["label"]) for response in responses])
+    accuracy = float((predicted == labels).mean())
+    assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-9)
+    assert accuracy >= 0.98
+
+
+def test_json_multipart_and_pixel_requests(server, test_split):
+    images, labels = test_split
+    scan = png_bytes(images[3])
+    as_json = requests.post(
+        f"{server.endpoints.inference}/predictions/digits",
+        json={"data": base64.b64encode(scan).decode(), "topk": 5},
+        headers=server.auth(),
+        timeout=30,
+    )
+    multipart = requests.post(
+        f"{server.endpoints.inference}/predictions/digits", files={"data": ("digit.png", scan)}, headers=server.auth(), timeout=30
+    )
+    raw = predict(server, scan)
+    for response in (as_json, multipart, raw):
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("application/json")
+        assert response.json()["label"] == str(labels[3])
+    assert len(as_json.json()["topk"]) == 5 and len(raw.json()["topk"]) == 3
+    assert as_json.json()["topk"][:3] == raw.json()["topk"]
+
+
+def big_png_header(width: int, height: int) -> bytes:
+    from tests.model.test_preprocessing import png_header_only
+
+    return png_header_only(width, height)
+
+
+BAD_BODIES = {
+    "empty body": (b"", "empty"),
+    "random bytes": (bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8)), "not an image"),
+    "text": ("the digit seven", "not an image"),
+    "truncated png": (None, "unreadable"),
+    "decompression bomb": (None, "too large"),
+    "json not an object": (b"[1, 2, 3]", "must be an object"),
+    "bad base64": (json.dumps({"data": "%%%"}).encode(), "not valid base64"),
+    "wrong shape": (json.dumps({"pixels": [[0] * 28] * 27}).encode(), "28x28"),
+    "nan pixels": (b'{"pixels": [' + b",".join([b"[" + b",".join([b"NaN"] * 28) + b"]"] * 28) + b"]}", "NaN"),
+    "out of range pixels": (json.dumps({"pixels": [[256] * 28] * 28}).encode(), "0..255"),
+    "too many pixels": (None, "too large"),
+    "1x1 image": (png_bytes(np.full((1, 1), 255, np.uint8)), "too small"),
+}
+
+
+def bad_body(name, test_split):
+    body, message = BAD_BODIES[name]
+    if name == "truncated png":
+        body = png_bytes(test_split[0][0])[:50]
+    elif name == "decompression bomb":
+        body = big_png_header(50_000, 50_000)
+    elif name == "too many pixels":
+        body = big_png_header(5_000, 5_000)
+    return body, message
+
+
+@pytest.mark.parametrize("name", list(BAD_BODIES))
+def test_bad_input_gets_400_with_json_and_the_worker_survives(server, test_split, name):
+    body, message = bad_body(name, test_split)
+    pids_before = sorted(server.worker_pids("digits"))
+    response = predict(server, body)
+    assert response.status_code == 400, response.text
+    answer = response.json()
+    assert answer["code"] == 400 and answer["type"] == "InputError" and message in answer["message"]
+    images, labels = test_split
+    good = predict(server, png_bytes(images[7]))
+    assert good.status_code == 200 and good.json()["label"] == str(labels[7])
+    assert sorted(server.worker_pids("digits")) == pids_before
+
+
+def test_good_and_bad_requests_in_one_batch(server, test_split):
+    """8 concurrent requests (4 bad) on a 1-worker model with batchSize 8: one batch, the good ones answered."""
+    images, labels = test_split
+    names = ["random bytes", "truncated png", "json not an object", "wrong shape"]
+    bodies, expected = [], []
+    for index in range(8):
+        if index % 2:
+            bodies.append(bad_body(names[index // 2], test_split)[0])
+            expected.append(None)
+        else:
+            bodies.append(png_bytes(images[index]))
+            expected.append(str(labels[index]))
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(pool.map(lambda body: predict(server, body, model=BATCH_MODEL), bodies))
+    assert max(int(response.headers["X-Batch-Size"]) for response in responses) > 1, "no batch formed"
+    for response, label in zip(responses, expected):
+        if label is None:
+            assert response.status_code == 400 and response.json()["type"] == "InputError"
+        else:
+            assert response.status_code == 200 and response.json()["label"] == label
+
+
+def test_unknown_model_is_404(server, test_split):
+    response = predict(server, png_bytes(test_split[0][0]), model="no-such-model")
+    assert response.status_code == 404
+
+
+def test_model_registration_api_is_off(server):
+    response = requests.post(
+        f"{server.endpoints.management}/models", params={"url": "digits.mar"}, headers=server.auth("management"), timeout=10
+    )
+    assert response.status_code == 405
+
+
+def test_describe_shows_the_shipped_model_config(server):
+    description = server.describe("digits")[0]
+    assert description["batchSize"] == 16 and description["maxBatchDelay"] == 5
+    assert description["minWorkers"] == 2 and len(description["workers"]) == 2
+
+
+def test_listeners_are_on_loopback_only(server):
+    frontend = psutil.Process(server.frontend_pid())
+    listening = [conn.laddr for conn in frontend.net_connections(kind="inet") if conn.status == psutil.CONN_LISTEN]
+    assert len(listening) >= 5
+    assert all(address.ip in ("127.0.0.1", "::ffff:127.0.0.1") for address in listening), listening
+
+
+def test_a_second_server_runs_beside_and_stops_cleanly(model_store, workdir_factory, server, test_split):
+    """Start another TorchServe beside the session one, use it, stop it: no process or port left behind."""
+    other = start_server(model_store, workdir_factory(), "digits.mar")
+    try:
+        response = predict(other, png_bytes(test_split[0][0]))
+        assert response.status_code == 200
+        ports = [int(url.rsplit(":", 1)[1]) for url in (other.endpoints.inference, other.endpoints.management)]
+    finally:
+        pids = other.stop()
+    assert len(pids) >= 3  # frontend + 2 workers
+    assert not [pid for pid in pids if psutil.pid_exists(pid)]
+    import socket
+
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # free again
+    assert requests.get(f"{server.endpoints.inference}/ping", headers=server.auth(), timeout=10).status_code == 200
