@@ -31,7 +31,7 @@ log = logging.getLogger("train")
 
 WEIGHTS_FILE = "digit_cnn.pt"
 # 8x8 scans hold ~8 pixels of detail; measured on real MNIST digits (10,000 test images) with the
-# default flags, serving at 10 gave 90.5% accuracy against 83.7% at 20 (no reduction).
+# default flags, serving at 10 gave 90.5% accuracy against 86.5% at 20 (no reduction) and 87.1% at 8.
 DIGITS_RESOLUTION = 10
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 

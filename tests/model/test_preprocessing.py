@@ -62,7 +62,7 @@ def test_mnist_style_input_is_nearly_unchanged():
 
 @pytest.mark.parametrize(
     "mode,fmt",
-    [("L", "PNG"), ("RGB", "PNG"), ("RGB", "JPEG"), ("L", "BMP"), ("P", "GIF"), ("RGB", "WEBP"), ("1", "PNG")],
+    [("L", "PNG"), ("RGB", "PNG"), ("RGB", "JPEG"), ("CMYK", "JPEG"), ("L", "BMP"), ("P", "GIF"), ("RGB", "WEBP"), ("1", "PNG"), ("LA", "PNG")],
 )
 def test_decodes_formats_and_modes(mode, fmt):
     image = Image.fromarray(digit_seven(64)).convert(mode)
