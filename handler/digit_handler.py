@@ -161,6 +161,11 @@ def format_error(code: int, message: str, error_type: str = "InputError") -> dic
     return {"code": code, "type": error_type, "message": message}
 
 
+def drop_per_batch_log_lines(record: logging.LogRecord) -> bool:
+    """Logging filter: False for TorchServe's per-batch INFO line, True for everything else."""
+    return not str(record.msg).startswith("Backend received inference")
+
+
 # ---------------------------------------------------------------- the handler
 
 
@@ -180,9 +185,9 @@ class DigitHandler(BaseHandler):
         self.labels = load_labels(model_dir, checkpoint["arch"]["num_classes"])
         self.resolution = int(checkpoint.get("preprocessing", {}).get("resolution", preprocessing.DIGIT_BOX))
         self.topk = min(int(settings.get("topk", DEFAULT_TOPK)), len(self.labels))
-        # TorchServe's service logs "Backend received inference at" at INFO for every batch; per-request
-        # lines cost throughput and fill the disk, so its logger reports warnings only.
-        logging.getLogger("ts.service").setLevel(logging.WARNING)
+        # TorchServe's worker logs "Backend received inference at ..." on the root logger for every batch;
+        # per-request lines cost throughput and fill the disk. Only that line is dropped.
+        logging.getLogger().addFilter(drop_per_batch_log_lines)
         self.context = context
         self.initialized = True
         logger.info(

@@ -170,3 +170,14 @@ def test_format_prediction_ranks_labels():
     answer = digit_handler.format_prediction(probabilities, ["a", "b", "c"], 2)
     assert answer["label"] == "b" and answer["index"] == 1
     assert [entry["label"] for entry in answer["topk"]] == ["b", "c"]
+
+
+def test_per_batch_log_line_is_dropped_and_others_kept(handler):
+    import logging
+
+    def record(message):
+        return logging.LogRecord("root", logging.INFO, __file__, 1, message, (), None)
+
+    root = logging.getLogger()
+    assert root.filter(record("Backend received inference at: %d")) is False
+    assert root.filter(record("Torch worker started.")) is True

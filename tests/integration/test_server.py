@@ -199,3 +199,14 @@ def test_a_second_server_runs_beside_and_stops_cleanly(model_store, workdir_fact
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))  # free again
     assert requests.get(f"{server.endpoints.inference}/ping", headers=server.auth(), timeout=10).status_code == 200
+
+
+def test_requests_write_no_log_lines(server, test_split):
+    """Per-request logging costs throughput and disk: 50 requests must not add lines to any log file."""
+    def lines() -> int:
+        return sum(len(path.read_bytes().splitlines()) for path in (server.workdir / "logs").glob("*.log"))
+
+    before = lines()
+    for image in test_split[0][:50]:
+        assert predict(server, png_bytes(image)).status_code == 200
+    assert lines() - before == 0
