@@ -104,12 +104,10 @@ def parse_json_object(document: object, resolution: int, default_topk: int, num_
         raise InputError(f'JSON body must be an object with "data" or "pixels", got {type(document).__name__}')
     topk = parse_topk(document["topk"], num_classes) if "topk" in document else default_topk
     if "data" in document:
-        grey = preprocessing.decode_image(decode_base64(document["data"]))
-    elif "pixels" in document:
-        grey = preprocessing.pixels_to_grey(document["pixels"])
-    else:
-        raise InputError(f'JSON body needs "data" (base64 image) or "pixels" (28x28 array), got keys {sorted(document)}')
-    return preprocessing.normalize(preprocessing.to_mnist_geometry(grey, resolution)), topk
+        return preprocessing.image_bytes_to_tensor(decode_base64(document["data"]), resolution), topk
+    if "pixels" in document:
+        return preprocessing.pixels_to_tensor(document["pixels"], resolution), topk
+    raise InputError(f'JSON body needs "data" (base64 image) or "pixels" (28x28 array), got keys {sorted(document)}')
 
 
 def looks_like_json(data: bytes) -> bool:
@@ -132,8 +130,7 @@ def parse_request(row: dict, resolution: int, default_topk: int, num_classes: in
             except (UnicodeDecodeError, json.JSONDecodeError) as error:
                 raise InputError(f"invalid JSON: {error}") from None
         else:
-            grey = preprocessing.decode_image(payload)
-            return preprocessing.normalize(preprocessing.to_mnist_geometry(grey, resolution)), default_topk
+            return preprocessing.image_bytes_to_tensor(payload, resolution), default_topk
     elif isinstance(payload, str):
         try:
             payload = json.loads(payload)

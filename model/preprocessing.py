@@ -167,14 +167,17 @@ def normalize(frame: np.ndarray) -> torch.Tensor:
     return ((torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32)) - MEAN) / STD).unsqueeze(0)
 
 
-def image_bytes_to_tensor(data: bytes) -> torch.Tensor:
-    """Image bytes -> 1x28x28 network input: the whole serving path for one image."""
-    return normalize(to_mnist_geometry(decode_image(data)))
+def image_bytes_to_tensor(data: bytes, resolution: int = DIGIT_BOX) -> torch.Tensor:
+    """Image bytes -> 1x28x28 network input: the whole serving path for one image.
+
+    resolution must be the one the model was trained with (recorded in its checkpoint).
+    """
+    return normalize(to_mnist_geometry(decode_image(data), resolution))
 
 
-def pixels_to_tensor(pixels: object) -> torch.Tensor:
+def pixels_to_tensor(pixels: object, resolution: int = DIGIT_BOX) -> torch.Tensor:
     """JSON pixel array -> 1x28x28 network input."""
-    return normalize(to_mnist_geometry(pixels_to_grey(pixels)))
+    return normalize(to_mnist_geometry(pixels_to_grey(pixels), resolution))
 
 
 def labels_from_mapping(index_to_name: dict[str, str]) -> list[str]:

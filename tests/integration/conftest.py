@@ -5,7 +5,6 @@ and its TMPDIR (pid file, worker sockets), logs and key_file.json live in a dire
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

@@ -1,5 +1,4 @@
 """The shared preprocessing: every accepted input kind, every refusal, and MNIST geometry."""
-import io
 import struct
 import zlib
 
