@@ -10,7 +10,7 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import png_bytes
+from tests.conftest import png_bytes, png_header_only
 from tests.integration.conftest import BATCH_MODEL, start_server
 
 pytestmark = pytest.mark.integration
@@ -87,12 +87,6 @@ def test_json_multipart_and_pixel_requests(server, test_split):
     assert as_json.json()["topk"][:3] == raw.json()["topk"]
 
 
-def big_png_header(width: int, height: int) -> bytes:
-    from tests.model.test_preprocessing import png_header_only
-
-    return png_header_only(width, height)
-
-
 BAD_BODIES = {
     "empty body": (b"", "empty"),
     "random bytes": (bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8)), "not an image"),
@@ -114,9 +108,9 @@ def bad_body(name, test_split):
     if name == "truncated png":
         body = png_bytes(test_split[0][0])[:50]
     elif name == "decompression bomb":
-        body = big_png_header(50_000, 50_000)
+        body = png_header_only(50_000, 50_000)
     elif name == "too many pixels":
-        body = big_png_header(5_000, 5_000)
+        body = png_header_only(5_000, 5_000)
     return body, message
 
 

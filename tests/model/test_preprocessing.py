@@ -1,7 +1,4 @@
 """The shared preprocessing: every accepted input kind, every refusal, and MNIST geometry."""
-import struct
-import zlib
-
 import numpy as np
 import pytest
 import torch
@@ -9,7 +6,7 @@ from PIL import Image
 
 from model import preprocessing
 from model.preprocessing import InputError
-from tests.conftest import encode, png_bytes, sklearn_scans_u8
+from tests.conftest import encode, png_bytes, png_header_only, sklearn_scans_u8
 
 
 def digit_seven(size: int = 28, ink: int = 255, background: int = 0) -> np.ndarray:
@@ -109,15 +106,6 @@ def test_animated_gif_uses_the_first_frame():
 def test_large_image_is_scaled_down():
     tensor = preprocessing.image_bytes_to_tensor(png_bytes(digit_seven(1000)))
     assert tensor.shape == (1, 28, 28)
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that declares width x height pixels but holds no pixel data (a decompression bomb's header)."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize(
