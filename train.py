@@ -242,11 +242,6 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x.squeeze(1).clamp(0, 1)
 
 
-def normalize_batch(images: torch.Tensor) -> torch.Tensor:
-    """N x 28 x 28 in [0, 1] -> N x 1 x 28 x 28 network input, by the shared preprocessing."""
-    return ((images - preprocessing.MEAN) / preprocessing.STD).unsqueeze(1)
-
-
 # ---------------------------------------------------------------- training
 
 
@@ -259,7 +254,7 @@ def train_epoch(model, split, optimizer, scheduler, args, generator, device, pro
         images = split.images[idx]
         if args.augment:
             images = augment(images, generator)
-        inputs, targets = normalize_batch(images).to(device), split.labels[idx].to(device)
+        inputs, targets = preprocessing.normalize(images).to(device), split.labels[idx].to(device)
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(inputs), targets, label_smoothing=0.05)
         loss.backward()
@@ -280,7 +275,7 @@ def evaluate(model, split, device, batch_size: int = 1024) -> tuple[float, np.nd
     model.eval()
     predictions = []
     for start in range(0, len(split), batch_size):
-        inputs = normalize_batch(split.images[start : start + batch_size]).to(device)
+        inputs = preprocessing.normalize(split.images[start : start + batch_size]).to(device)
         predictions.append(model(inputs).argmax(dim=1).cpu())
     predicted = torch.cat(predictions).numpy() if predictions else np.zeros(0, dtype=np.int64)
     accuracy = float((predicted == split.labels.numpy()).mean()) if len(split) else float("nan")

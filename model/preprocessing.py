@@ -162,9 +162,14 @@ def to_mnist_geometry(grey: np.ndarray, resolution: int = DIGIT_BOX) -> np.ndarr
     return frame
 
 
-def normalize(frame: np.ndarray) -> torch.Tensor:
-    """28x28 float array in [0, 1] -> the network's 1x28x28 input tensor."""
-    return ((torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32)) - MEAN) / STD).unsqueeze(0)
+def normalize(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Frames in [0, 1], shape (..., 28, 28) -> the network's input, shape (..., 1, 28, 28).
+
+    One frame (serving) or a batch (training): the same arithmetic for both.
+    """
+    if not isinstance(frames, torch.Tensor):
+        frames = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))
+    return ((frames - MEAN) / STD).unsqueeze(-3)
 
 
 def image_bytes_to_tensor(data: bytes, resolution: int = DIGIT_BOX) -> torch.Tensor:

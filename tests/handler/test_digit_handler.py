@@ -57,7 +57,7 @@ def test_training_and_serving_produce_the_same_tensor():
     """A training scan, through train.py's path and through the handler's (as PNG bytes), is one tensor."""
     images, labels = sklearn_scans_u8()
     frames, _ = train.to_frames(images[:20].astype(np.float32) / 255.0, labels[:20], train.DIGITS_RESOLUTION)
-    training = train.normalize_batch(torch.from_numpy(frames))
+    training = preprocessing.normalize(torch.from_numpy(frames))
     for index in range(20):
         tensor, topk = digit_handler.parse_request(
             {"body": bytearray(png_bytes(images[index]))}, train.DIGITS_RESOLUTION, 3, 10
