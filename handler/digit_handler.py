@@ -10,6 +10,8 @@ Accepted per request (REST body, or one multipart field):
     values 0-255, white digit on black as in MNIST; either may add "topk": k
 Answered per request: {"label", "index", "probability", "topk": [{"label", "index", "probability"}, ...]}.
 Errors: {"code": 400, "type": "InputError", "message": "..."} -- the shape TorchServe uses for its own.
+Over gRPC the same bodies arrive, with gRPC status OK: TorchServe 0.12.0 drops per-request status codes on
+its gRPC path and could only fail the whole batch. Clients recognise an error by its "code" field.
 """
 from __future__ import annotations
 
@@ -32,6 +34,11 @@ DEFAULT_TOPK = 3  # how many ranked labels each answer carries unless the reques
 JSON_CONTENT_TYPE = "application/json"
 # Each answer says how many requests shared its forward pass: shows whether dynamic batching happens.
 BATCH_SIZE_HEADER = "X-Batch-Size"
+# TorchServe's marker for the last message of a streamed answer. Its gRPC StreamPredictions RPC reads it from
+# every answer and, when it is missing, fails with a NullPointerException that restarts the worker; REST treats
+# its presence as a chunked stream. So gRPC answers carry it ("false": this is the only and last message) and
+# REST answers never do.
+STREAM_NEXT_HEADER = "ts_stream_next"
 
 
 # ---------------------------------------------------------------- loading
@@ -139,6 +146,15 @@ def parse_request(row: dict, resolution: int, default_topk: int, num_classes: in
     return parse_json_object(payload, resolution, default_topk, num_classes)
 
 
+def came_over_grpc(request_properties: dict) -> bool:
+    """True for a request from TorchServe's gRPC frontend, False for REST.
+
+    TorchServe hands the worker a REST request's HTTP headers (str values; with token authorization on there is
+    always at least Authorization) beside its input fields (dict values); a gRPC request carries input fields only.
+    """
+    return not any(isinstance(value, str) for value in request_properties.values())
+
+
 def predict(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """N x 1 x 28 x 28 -> N x classes probabilities."""
     with torch.inference_mode():
@@ -199,6 +215,8 @@ class DigitHandler(BaseHandler):
         for idx, row in enumerate(data):
             context.set_response_content_type(idx, JSON_CONTENT_TYPE)
             context.set_response_header(idx, BATCH_SIZE_HEADER, batch_size)
+            if came_over_grpc(context.get_all_request_header(idx)):
+                context.set_response_header(idx, STREAM_NEXT_HEADER, "false")
             try:
                 tensor, topk = parse_request(row, self.resolution, self.topk, len(self.labels))
                 accepted.append((idx, tensor, topk))

@@ -2,7 +2,8 @@
 # Package the trained digit CNN into a TorchServe archive: model_store/<name>.mar
 #
 #   scripts/package.sh                       # artifacts/ -> model_store/digits.mar, version 1.0
-#   scripts/package.sh --version 2.0 --artifacts artifacts-v2
+#   scripts/package.sh --version 2.0 --artifacts artifacts/v2 --archive-name digits_v2
+#                                            # -> model_store/digits_v2.mar: model digits, version 2.0
 #
 # The archive carries the weights (state_dict + architecture), the handler, the model/ package
 # (network + the one preprocessing module) so the handler imports it exactly as train.py does,
@@ -14,13 +15,16 @@ model_name="digits"
 version="1.0"
 artifacts="artifacts"
 export_path="model_store"
+archive_name=""
 model_config="$root/handler/model-config.yaml"
 
 usage() {
   cat <<USAGE
 usage: scripts/package.sh [--version V] [--model-name NAME] [--artifacts DIR] [--export-path DIR] [--model-config FILE]
   --version       model version recorded in the archive (default: $version)
-  --model-name    archive and model name (default: $model_name)
+  --model-name    model name, the URL path /predictions/<name> (default: $model_name)
+  --archive-name  file name of the archive without .mar (default: the model name); two versions of one
+                  model in one store need two names
   --artifacts     train.py's output dir with digit_cnn.pt and index_to_name.json (default: $artifacts)
   --export-path   where <name>.mar is written (default: $export_path)
   --model-config  TorchServe per-model settings (default: handler/model-config.yaml)
@@ -31,6 +35,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --version) version="$2"; shift 2 ;;
     --model-name) model_name="$2"; shift 2 ;;
+    --archive-name) archive_name="$2"; shift 2 ;;
     --artifacts) artifacts="$2"; shift 2 ;;
     --export-path) export_path="$2"; shift 2 ;;
     --model-config) model_config="$2"; shift 2 ;;
@@ -39,6 +44,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+archive_name="${archive_name:-$model_name}"
 weights="$artifacts/digit_cnn.pt"
 labels="$artifacts/index_to_name.json"
 for file in "$weights" "$labels"; do
@@ -60,7 +66,8 @@ mkdir -p "$stage/model"
 cp "$root"/model/*.py "$stage/model/"
 cp "$labels" "$stage/index_to_name.json"
 
-mkdir -p "$export_path"
+mkdir -p "$export_path" "$stage/out"
+# torch-model-archiver names the file after the model; TorchServe reads name and version from the manifest.
 "$archiver" \
   --model-name "$model_name" \
   --version "$version" \
@@ -69,6 +76,7 @@ mkdir -p "$export_path"
   --handler "$root/handler/digit_handler.py" \
   --extra-files "$stage" \
   --config-file "$model_config" \
-  --export-path "$export_path" \
+  --export-path "$stage/out" \
   --force
-echo "wrote $export_path/$model_name.mar (model $model_name, version $version)"
+mv -f "$stage/out/$model_name.mar" "$export_path/$archive_name.mar"
+echo "wrote $export_path/$archive_name.mar (model $model_name, version $version)"

@@ -36,6 +36,11 @@ start() {
     echo "serve.sh: TorchServe is already running (pid $pid); 'scripts/serve.sh stop' first" >&2; exit 1
   fi
   mkdir -p logs
+  # config.properties loads digits.mar and, when `make package-v2` has built it, digits_v2.mar (version 2.0).
+  if [ -z "${TS_LOAD_MODELS:-}" ]; then
+    TS_LOAD_MODELS="$("$python" scripts/serving.py load-models)"
+    export TS_LOAD_MODELS
+  fi
   # Output to a file, never a pipe: the Java frontend inherits it and would hold a pipe open.
   PATH="$bin:$PATH" "$bin/torchserve" --start --ncs --ts-config config.properties --model-store model_store \
     --log-config log4j2.xml >"$console" 2>&1

@@ -4,8 +4,9 @@ Shared by the clients, scripts/serve.sh and the tests, so ports, model name and 
 retyped. TorchServe's own rule is followed: with enable_envvars_config=true, a TS_<KEY> environment
 variable overrides <key> in config.properties.
 
-    python scripts/serving.py wait --timeout 120   # block until the model has a ready worker
+    python scripts/serving.py wait --timeout 120   # block until every version of the model has a ready worker
     python scripts/serving.py endpoints            # print the endpoints and the token file
+    python scripts/serving.py load-models          # load_models, less the archives not in the store
 """
 from __future__ import annotations
 
@@ -79,7 +80,12 @@ def read_token(key_file: Path, kind: str = "inference") -> str:
             f"token file {key_file} not found: is TorchServe running (scripts/serve.sh start)? "
             "It writes the file into the directory it was started from."
         ) from None
-    return keys[kind]["key"]
+    except ValueError as error:
+        raise SystemExit(f"token file {key_file} is not TorchServe's key file (invalid JSON: {error})") from None
+    try:
+        return keys[kind]["key"]
+    except (KeyError, TypeError):
+        raise SystemExit(f"token file {key_file} has no {kind!r} key") from None
 
 
 def http_json(url: str, token: str | None, timeout: float = 5.0, method: str = "GET", data: bytes | None = None):
@@ -98,40 +104,67 @@ def http_json(url: str, token: str | None, timeout: float = 5.0, method: str = "
         return status, body.decode("utf-8", "replace")
 
 
-def ready_workers(endpoints: Endpoints, model: str) -> int:
-    """How many of the model's workers are READY, per the management API's describe."""
+def ready_workers(endpoints: Endpoints, model: str) -> dict[str, int]:
+    """{version: READY workers} for every loaded version of the model, per the management API's describe."""
     token = read_token(endpoints.key_file, "management")
-    status, body = http_json(f"{endpoints.management}/models/{model}", token)
+    status, body = http_json(f"{endpoints.management}/models/{model}/all", token)
     if status != 200 or not isinstance(body, list):
-        return 0
-    return sum(worker.get("status") == "READY" for entry in body for worker in entry.get("workers", []))
+        return {}
+    return {
+        entry.get("modelVersion"): sum(worker.get("status") == "READY" for worker in entry.get("workers", []))
+        for entry in body
+    }
 
 
 def wait_until_ready(endpoints: Endpoints, model: str, timeout: float, is_alive=lambda: True) -> None:
-    """Block until the model has a READY worker; TimeoutError (or RuntimeError if the server died) otherwise."""
+    """Block until every loaded version of the model has a READY worker; TimeoutError (or RuntimeError if the
+    server died) otherwise."""
     deadline = time.monotonic() + timeout
     last_error = "no answer yet"
     while time.monotonic() < deadline:
         if not is_alive():
             raise RuntimeError("TorchServe exited during start-up")
         try:
-            if endpoints.key_file.exists() and ready_workers(endpoints, model) > 0:
-                return
+            if endpoints.key_file.exists():
+                ready = ready_workers(endpoints, model)
+                if ready and all(count > 0 for count in ready.values()):
+                    return
+                last_error = f"ready workers per version: {ready}"
         except (OSError, KeyError, ValueError) as error:
             last_error = str(error)
         time.sleep(0.5)
     raise TimeoutError(f"model {model!r} not ready after {timeout:.0f}s ({last_error})")
 
 
+def archives_to_load(properties: dict[str, str], store: Path) -> tuple[list[str], list[str]]:
+    """(present, missing): config's load_models split by whether the archive is in the model store.
+
+    TorchServe logs a stack trace for each missing archive and goes on; serve.sh passes only the present ones.
+    """
+    names = [name.strip() for name in properties.get("load_models", "").split(",") if name.strip()]
+    if names in (["all"], ["ALL"]):
+        return names, []
+    present = [name for name in names if (store / name).is_file()]
+    return present, [name for name in names if name not in present]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("wait", "endpoints"))
+    parser.add_argument("command", choices=("wait", "endpoints", "load-models"))
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TorchServe config.properties")
     parser.add_argument("--key-file", type=Path, default=None, help=f"default: {KEY_FILE_NAME} in the repo root")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model name")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a ready worker")
     parser.add_argument("--pid", type=int, default=None, help="give up early if this process exits")
     args = parser.parse_args(argv)
+    if args.command == "load-models":
+        properties = effective_properties(args.config)
+        store = Path(properties.get("model_store", "model_store"))
+        present, missing = archives_to_load(properties, store if store.is_absolute() else ROOT / store)
+        for name in missing:
+            print(f"serving.py: {name} is not in the model store; starting without it", file=sys.stderr)
+        print(",".join(present))
+        return 0 if present else 1
     endpoints = Endpoints.from_config(args.config, args.key_file)
     if args.command == "endpoints":
         print(f"REST inference   {endpoints.inference}/predictions/{args.model}")

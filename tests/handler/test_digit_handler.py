@@ -25,7 +25,12 @@ def model_dir(artifacts, tmp_path_factory):
     return directory
 
 
-def make_context(model_dir, batch_size: int, yaml_config=None) -> Context:
+# What TorchServe gives the worker for a REST request (its HTTP headers) and for a gRPC one (only input fields).
+REST_REQUEST = {"Host": "127.0.0.1:8080", "Authorization": "Bearer token", "body": {"content-type": "image/png"}}
+GRPC_REQUEST = {"data": {"content-type": None}}
+
+
+def make_context(model_dir, batch_size: int, yaml_config=None, requests=None) -> Context:
     context = Context(
         model_name="digits",
         model_dir=str(model_dir),
@@ -35,7 +40,7 @@ def make_context(model_dir, batch_size: int, yaml_config=None) -> Context:
         mms_version="0.12.0",
         model_yaml_config=yaml_config if yaml_config is not None else {"handler": {"topk": 3}},
     )
-    context.request_processor = [RequestProcessor({}) for _ in range(batch_size)]
+    context.request_processor = [RequestProcessor(dict(properties)) for properties in requests or [REST_REQUEST] * batch_size]
     return context
 
 
@@ -156,6 +161,24 @@ def test_unexpected_error_costs_only_that_request(handler, model_dir, test_split
     answers, statuses, _ = run_batch(handler, model_dir, [{"boom": b"1", "x": b"2"}, {"body": bytearray(png_bytes(images[1]))}])
     assert statuses == [500, 200]
     assert answers[0]["type"] == "InternalError" and answers[1]["label"] == str(labels[1])
+
+
+def test_grpc_answers_are_marked_final_and_rest_answers_are_not(handler, model_dir, test_split):
+    """gRPC's StreamPredictions needs ts_stream_next on every answer (or the worker is restarted); REST must not see it."""
+    image = test_split[0][0]
+    rows = [{"body": bytearray(png_bytes(image))}, {"data": bytearray(png_bytes(image))}, {"data": bytearray(b"junk")}]
+    context = make_context(model_dir, 3, requests=[REST_REQUEST, GRPC_REQUEST, GRPC_REQUEST])
+    results = [json.loads(result) for result in handler.handle(rows, context)]
+    assert results[0] == results[1] and results[2]["code"] == 400
+    headers = [context.get_response_headers(idx) for idx in range(3)]
+    assert digit_handler.STREAM_NEXT_HEADER not in headers[0]
+    assert headers[1][digit_handler.STREAM_NEXT_HEADER] == "false" == headers[2][digit_handler.STREAM_NEXT_HEADER]
+
+
+def test_came_over_grpc():
+    assert digit_handler.came_over_grpc(GRPC_REQUEST) and digit_handler.came_over_grpc({})
+    assert not digit_handler.came_over_grpc(REST_REQUEST)
+    assert not digit_handler.came_over_grpc({"Authorization": "Bearer token"})
 
 
 def test_parse_topk_rejects_bools_and_out_of_range():

@@ -5,6 +5,7 @@ and its TMPDIR (pid file, worker sockets), logs and key_file.json live in a dire
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,14 +50,21 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def package(artifacts: Path, store: Path, name: str, model_config: Path | None = None) -> Path:
+def package(artifacts: Path, store: Path, name: str, model_config: Path | None = None, version: str = "1.0",
+            archive_name: str | None = None) -> Path:
     command = [str(ROOT / "scripts" / "package.sh"), "--artifacts", str(artifacts), "--export-path", str(store),
-               "--model-name", name]
+               "--model-name", name, "--version", version, "--archive-name", archive_name or name]
     if model_config:
         command += ["--model-config", str(model_config)]
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     subprocess.run(command, check=True, env=env, capture_output=True)
-    return store / f"{name}.mar"
+    return store / f"{archive_name or name}.mar"
+
+
+def model_name_of(archive: Path) -> str:
+    """The model name in a .mar's manifest (the file name may differ: digits_v2.mar holds model digits)."""
+    with zipfile.ZipFile(archive) as mar:
+        return json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]["modelName"]
 
 
 @dataclass
@@ -122,7 +131,7 @@ class Server:
         return pids
 
 
-def start_server(store: Path, workdir: Path, models: str, timeout: float = 180) -> Server:
+def start_server(store: Path, workdir: Path, models: str, timeout: float = 180, extra_env: dict | None = None) -> Server:
     ports = free_ports(5)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "tmp").mkdir(exist_ok=True)
@@ -141,6 +150,7 @@ def start_server(store: Path, workdir: Path, models: str, timeout: float = 180) 
         "TS_GRPC_MANAGEMENT_PORT": str(ports[4]),
         "TS_INITIAL_WORKER_PORT": str(20000 + ports[0] % 20000),
         "TS_LOAD_MODELS": models,
+        **(extra_env or {}),
     })
     endpoints = Endpoints.from_config(ROOT / "config.properties", workdir / "key_file.json", environ=env)
     console = open(workdir / "console.log", "wb")
@@ -152,8 +162,8 @@ def start_server(store: Path, workdir: Path, models: str, timeout: float = 180) 
     console.close()
     server = Server(workdir, env, endpoints, process)
     try:
-        for model in models.split(","):
-            wait_until_ready(endpoints, model.removesuffix(".mar"), timeout, lambda: process.poll() is None)
+        for model in dict.fromkeys(model_name_of(store / archive) for archive in models.split(",")):
+            wait_until_ready(endpoints, model, timeout, lambda: process.poll() is None)
     except (TimeoutError, RuntimeError) as error:
         tail = server.log_tail()
         server.stop()
@@ -162,10 +172,21 @@ def start_server(store: Path, workdir: Path, models: str, timeout: float = 180) 
 
 
 @pytest.fixture(scope="session")
-def model_store(artifacts, tmp_path_factory) -> Path:
-    """digits.mar as scripts/package.sh builds it (shipped model-config), plus the batching test model."""
+def artifacts_v2(tmp_path_factory) -> Path:
+    """A second model for version 2.0: another seed, fewer epochs (seconds), so its answers differ from 1.0's."""
+    out = tmp_path_factory.mktemp("artifacts_v2")
+    subprocess.run([sys.executable, str(ROOT / "train.py"), "--seed", "2", "--epochs", "8", "--output-dir", str(out)],
+                   check=True, cwd=ROOT, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_store(artifacts, artifacts_v2, tmp_path_factory) -> Path:
+    """digits.mar as scripts/package.sh builds it (shipped model-config), digits_v2.mar (model digits, version 2.0),
+    and the batching test model."""
     store = tmp_path_factory.mktemp("model_store")
     package(artifacts, store, "digits")
+    package(artifacts_v2, store, "digits", version="2.0", archive_name="digits_v2")
     config = tmp_path_factory.mktemp("config") / "batch-model-config.yaml"
     config.write_text(BATCH_MODEL_CONFIG)
     package(artifacts, store, BATCH_MODEL, config)

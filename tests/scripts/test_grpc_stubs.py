@@ -1,0 +1,41 @@
+"""The committed gRPC stubs are exactly what the installed TorchServe's protos generate."""
+import filecmp
+import zipfile
+
+from scripts import generate_grpc_stubs
+from tests.conftest import ROOT
+
+STUBS = ROOT / generate_grpc_stubs.PACKAGE
+
+
+def test_committed_stubs_equal_a_fresh_generation(tmp_path):
+    written = generate_grpc_stubs.generate(tmp_path)
+    assert {path.name for path in written} == {
+        "__init__.py", "inference.proto", "inference_pb2.py", "inference_pb2_grpc.py",
+        "management.proto", "management_pb2.py", "management_pb2_grpc.py",
+    }
+    assert generate_grpc_stubs.differences(tmp_path, STUBS) == []
+
+
+def test_the_protos_are_the_ones_inside_the_installed_jar():
+    with zipfile.ZipFile(generate_grpc_stubs.torchserve_jar()) as jar:
+        for name in generate_grpc_stubs.PROTOS:
+            assert (STUBS / name).read_bytes() == jar.read(f"proto/{name}")
+
+
+def test_check_mode_notices_an_edit(tmp_path):
+    generate_grpc_stubs.generate(tmp_path)
+    edited = tmp_path / "inference_pb2_grpc.py"
+    edited.write_text(edited.read_text() + "# hand edit\n")
+    assert generate_grpc_stubs.differences(STUBS, tmp_path) == ["inference_pb2_grpc.py"]
+    assert generate_grpc_stubs.main(["--check", "--output-dir", str(tmp_path)]) == 1
+    assert generate_grpc_stubs.main(["--check"]) == 0
+    assert filecmp.cmp(STUBS / "inference.proto", tmp_path / "inference.proto", shallow=False)
+
+
+def test_stubs_import_as_a_package():
+    from scripts.grpc_stubs import inference_pb2, inference_pb2_grpc, management_pb2_grpc
+
+    assert inference_pb2.PredictionsRequest(model_name="digits").model_name == "digits"
+    assert hasattr(inference_pb2_grpc, "InferenceAPIsServiceStub")
+    assert hasattr(management_pb2_grpc, "ManagementAPIsServiceStub")
