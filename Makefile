@@ -4,10 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3.11
 
-.PHONY: help venv train package serve stop status predict demo test clean
+.PHONY: help venv train package package-v2 serve stop status predict demo gpu-check test clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ model_store/digits.mar: artifacts/digit_cnn.pt scripts/package.sh handler/digit_
 
 package: model_store/digits.mar  ## package artifacts/ -> model_store/digits.mar
 
+artifacts/v2/digit_cnn.pt: $(VENV)/.installed
+	$(PY) train.py --seed 2 --output-dir artifacts/v2
+
+model_store/digits_v2.mar: artifacts/v2/digit_cnn.pt scripts/package.sh handler/digit_handler.py handler/model-config.yaml model/*.py
+	PATH=$(VENV)/bin:$$PATH scripts/package.sh --version 2.0 --artifacts artifacts/v2 --archive-name digits_v2
+
+package-v2: model_store/digits_v2.mar  ## train with seed 2 -> model_store/digits_v2.mar (model digits, version 2.0)
+
 serve: package  ## start TorchServe (token auth on) and wait until the model answers
 	scripts/serve.sh start
 
@@ -43,6 +51,9 @@ predict:  ## classify the sample digits over REST (TorchServe must be running)
 demo: package  ## venv, train, package, serve, predict sample digits, stop
 	scripts/serve.sh start
 	$(PY) scripts/predict.py artifacts/samples/*.png; status=$$?; scripts/serve.sh stop; exit $$status
+
+gpu-check: $(VENV)/.installed  ## prove the workers run on CUDA (exits 0 with a note where there is no GPU)
+	scripts/gpu_check.sh
 
 test: $(VENV)/.installed  ## unit tests, then integration tests against a real TorchServe
 	$(PY) -m pytest

@@ -277,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     set_default.add_argument("version", help="e.g. 2.0")
     register = add("register", "load a .mar from the model store (needs enable_model_api=true)", model=False)
     register.add_argument("url", help="archive file name in the model store, e.g. digits_v2.mar")
-    register.add_argument("--initial-workers", type=int, default=1, help="workers to start")
+    register.add_argument("--initial-workers", type=int, default=1,
+                          help="workers to start, unless the archive's model-config.yaml sets minWorkers")
     unregister = add("unregister", "unload a model version (needs enable_model_api=true)")
     unregister.add_argument("--version", default=None, help="a version (default: the default version)")
     args = parser.parse_args(argv)

@@ -45,6 +45,9 @@ while [ $# -gt 0 ]; do
 done
 
 archive_name="${archive_name:-$model_name}"
+case "$archive_name" in
+  */*|.*|"") echo "package.sh: --archive-name is a file name without .mar, got '$archive_name'" >&2; exit 2 ;;
+esac
 weights="$artifacts/digit_cnn.pt"
 labels="$artifacts/index_to_name.json"
 for file in "$weights" "$labels"; do
