@@ -71,21 +71,25 @@ class Endpoints:
         )
 
 
+class TokenFileError(SystemExit):
+    """key_file.json is missing, half-written or lacks the key: a CLI exits with the message."""
+
+
 def read_token(key_file: Path, kind: str = "inference") -> str:
     """The inference, management or API key from TorchServe's key_file.json."""
     try:
         keys = json.loads(Path(key_file).read_text())
     except FileNotFoundError:
-        raise SystemExit(
+        raise TokenFileError(
             f"token file {key_file} not found: is TorchServe running (scripts/serve.sh start)? "
             "It writes the file into the directory it was started from."
         ) from None
     except ValueError as error:
-        raise SystemExit(f"token file {key_file} is not TorchServe's key file (invalid JSON: {error})") from None
+        raise TokenFileError(f"token file {key_file} is not TorchServe's key file (invalid JSON: {error})") from None
     try:
         return keys[kind]["key"]
     except (KeyError, TypeError):
-        raise SystemExit(f"token file {key_file} has no {kind!r} key") from None
+        raise TokenFileError(f"token file {key_file} has no {kind!r} key") from None
 
 
 def http_json(url: str, token: str | None, timeout: float = 5.0, method: str = "GET", data: bytes | None = None):
@@ -130,7 +134,7 @@ def wait_until_ready(endpoints: Endpoints, model: str, timeout: float, is_alive=
                 if ready and all(count > 0 for count in ready.values()):
                     return
                 last_error = f"ready workers per version: {ready}"
-        except (OSError, KeyError, ValueError) as error:
+        except (OSError, KeyError, ValueError, TokenFileError) as error:  # the key file may be half-written
             last_error = str(error)
         time.sleep(0.5)
     raise TimeoutError(f"model {model!r} not ready after {timeout:.0f}s ({last_error})")

@@ -103,3 +103,13 @@ def test_scale_refuses_min_over_max_before_calling():
     args = manage.argparse.Namespace(command="scale", min=3, max=1, model="digits", version=None, timeout=5, json=False)
     with pytest.raises(manage.ManagementError, match="--min 3 --max 1"):
         manage.run(NoServer(), args)
+
+
+def test_wait_until_ready_retries_while_the_key_file_is_half_written(tmp_path):
+    """TorchServe creates key_file.json and fills it a moment later: an empty file must mean 'not yet'."""
+    key_file = tmp_path / "key_file.json"
+    key_file.write_text("")
+    endpoints = serving.Endpoints("http://127.0.0.1:1", "http://127.0.0.1:1", "http://127.0.0.1:1", "127.0.0.1:1",
+                                  "127.0.0.1:1", key_file)
+    with pytest.raises(TimeoutError, match="invalid JSON"):
+        serving.wait_until_ready(endpoints, "digits", timeout=1.0)
