@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3.11
 
-.PHONY: help venv train package package-v2 serve stop status predict demo gpu-check test clean
+.PHONY: help venv train package package-v2 serve stop status predict demo wrk bench gpu-check test clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -52,10 +52,20 @@ demo: package  ## venv, train, package, serve, predict sample digits, stop
 	scripts/serve.sh start
 	$(PY) scripts/predict.py artifacts/samples/*.png; status=$$?; scripts/serve.sh stop; exit $$status
 
+# wrk drives the benchmark's load (Debian's package); installed when missing, as root or with sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+wrk:  ## install the load generator wrk (apt-get) if it is missing
+	@command -v wrk >/dev/null || { echo "installing wrk (apt-get install wrk)"; \
+	  $(SUDO) apt-get install -y -q wrk >/dev/null 2>&1 || { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q wrk >/dev/null; }; }
+	@command -v wrk >/dev/null
+
+bench: package wrk  ## benchmark TorchServe with wrk against the raw in-process ceiling -> artifacts/bench/
+	$(PY) scripts/benchmark.py
+
 gpu-check: $(VENV)/.installed  ## prove the workers run on CUDA (exits 0 with a note where there is no GPU)
 	scripts/gpu_check.sh
 
-test: $(VENV)/.installed  ## unit tests, then integration tests against a real TorchServe
+test: $(VENV)/.installed wrk  ## unit tests, then integration tests against a real TorchServe
 	$(PY) -m pytest
 
 clean:  ## remove trained artifacts, archives and logs (keeps .venv)

@@ -8,7 +8,10 @@ Accepted per request (REST body, or one multipart field):
   * raw image bytes: PNG, JPEG, BMP, GIF, WEBP; any size; grey, RGB, RGBA, palette, 16-bit
   * JSON {"data": "<base64 image>"} (a data: URL too), or {"pixels": [[28 numbers] x 28]} with
     values 0-255, white digit on black as in MNIST; either may add "topk": k
-Answered per request: {"label", "index", "probability", "topk": [{"label", "index", "probability"}, ...]}.
+  * many images at once: JSON {"images": ["<base64 image>", ...]} (+ "topk"), or a .npy file of
+    N x 28 x 28 pixel values 0-255 (white on black); at most handler.max_images of them (else 413)
+Answered per request: {"label", "index", "probability", "topk": [{"label", "index", "probability"}, ...]};
+for many images {"predictions": [one such answer per image, in order]}.
 Errors: {"code": 400, "type": "InputError", "message": "..."} -- the shape TorchServe uses for its own.
 Over gRPC the same bodies arrive, with gRPC status OK: TorchServe 0.12.0 drops per-request status codes on
 its gRPC path and could only fail the whole batch. Clients recognise an error by its "code" field.
@@ -20,13 +23,15 @@ import binascii
 import json
 import logging
 import os
+import warnings
 
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from model import preprocessing
 from model.digit_cnn import DigitCNN
-from model.preprocessing import InputError
+from model.preprocessing import InputError, InputTooLarge
+from model.preprocessing import ParsedInput as Parsed  # the handler module may define one class only
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +63,26 @@ def load_model(weights_path: str, device: torch.device) -> tuple[DigitCNN, dict]
     model.load_state_dict(checkpoint["state_dict"], strict=True)
     model.to(device).eval()
     return model, checkpoint
+
+
+def optimize_for_cpu(model: torch.nn.Module) -> torch.nn.Module:
+    """TorchScript, frozen and optimized for CPU inference (BatchNorm folded into the convolutions, oneDNN
+    layouts): about 3x the eager throughput at batch 64 and 1.5x at batch 1 for this network.
+
+    Traced once on one frame; the batch dimension stays free. Warmed up on the batch sizes a worker sees, so
+    the first requests do not pay for TorchScript's specialisation.
+    """
+    example = torch.zeros(1, 1, preprocessing.IMAGE_SIZE, preprocessing.IMAGE_SIZE)
+    # torch.jit is deprecated in favour of torch.compile/torch.export but works in the pinned torch; compiling
+    # with inductor would need a C++ toolchain and tens of seconds in every worker at start.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        optimized = torch.jit.optimize_for_inference(torch.jit.trace(model, example))
+    with torch.inference_mode():
+        for batch in (1, 2, 8, 16):
+            for _ in range(2):
+                optimized(example.expand(batch, -1, -1, -1).contiguous())
+    return optimized
 
 
 def load_labels(model_dir: str, num_classes: int) -> list[str]:
@@ -105,16 +130,38 @@ def decode_base64(text: object) -> bytes:
         raise InputError('"data" is not valid base64') from None
 
 
-def parse_json_object(document: object, resolution: int, default_topk: int, num_classes: int):
-    """{"data": base64} or {"pixels": 28x28} (+ optional "topk") -> (input tensor, topk)."""
+def parse_images_list(images: object, resolution: int, max_images: int) -> torch.Tensor:
+    """JSON "images": a list of base64 images -> N x 1 x 28 x 28; an error names the image's index."""
+    if not isinstance(images, list):
+        raise InputError(f'"images" must be a list of base64 images, got {type(images).__name__}')
+    preprocessing.check_image_count(len(images), max_images)
+    tensors = []
+    for index, text in enumerate(images):
+        try:
+            tensors.append(preprocessing.image_bytes_to_tensor(decode_base64(text), resolution))
+        except InputError as error:
+            raise InputError(f"image {index}: {error}") from None
+    return torch.stack(tensors)
+
+
+def parse_json_object(document: object, resolution: int, default_topk: int, num_classes: int,
+                      max_images: int = preprocessing.MAX_IMAGES_PER_REQUEST) -> Parsed:
+    """{"data": base64}, {"pixels": 28x28} or {"images": [base64, ...]} (+ optional "topk") -> Parsed."""
     if not isinstance(document, dict):
-        raise InputError(f'JSON body must be an object with "data" or "pixels", got {type(document).__name__}')
+        raise InputError(
+            f'JSON body must be an object with "data", "pixels" or "images", got {type(document).__name__}'
+        )
     topk = parse_topk(document["topk"], num_classes) if "topk" in document else default_topk
     if "data" in document:
-        return preprocessing.image_bytes_to_tensor(decode_base64(document["data"]), resolution), topk
+        return Parsed(preprocessing.image_bytes_to_tensor(decode_base64(document["data"]), resolution)[None], topk)
     if "pixels" in document:
-        return preprocessing.pixels_to_tensor(document["pixels"], resolution), topk
-    raise InputError(f'JSON body needs "data" (base64 image) or "pixels" (28x28 array), got keys {sorted(document)}')
+        return Parsed(preprocessing.pixels_to_tensor(document["pixels"], resolution)[None], topk)
+    if "images" in document:
+        return Parsed(parse_images_list(document["images"], resolution, max_images), topk, many=True)
+    raise InputError(
+        f'JSON body needs "data" (base64 image), "pixels" (28x28 array) or "images" (list of base64 images), '
+        f"got keys {sorted(document)}"
+    )
 
 
 def looks_like_json(data: bytes) -> bool:
@@ -122,28 +169,33 @@ def looks_like_json(data: bytes) -> bool:
     return head[:1] in (b"{", b"[")
 
 
-def parse_request(row: dict, resolution: int, default_topk: int, num_classes: int) -> tuple[torch.Tensor, int]:
-    """One TorchServe request row -> (1x28x28 input tensor, topk), or InputError naming the problem.
+def parse_request(row: dict, resolution: int, default_topk: int, num_classes: int,
+                  max_images: int = preprocessing.MAX_IMAGES_PER_REQUEST) -> Parsed:
+    """One TorchServe request row -> Parsed, or InputError (InputTooLarge) naming the problem.
 
     TorchServe has already parsed application/json bodies into Python objects and text/* bodies into
-    str; other bodies arrive as bytes. JSON sent with another content type is recognised by its first byte.
+    str; other bodies arrive as bytes. JSON sent with another content type is recognised by its first byte,
+    a .npy file by its magic.
     """
     payload = request_payload(row)
     if isinstance(payload, (bytes, bytearray)):
         payload = bytes(payload)
+        if payload.startswith(preprocessing.NPY_MAGIC):
+            frames = preprocessing.decode_npy_frames(payload, max_images)
+            return Parsed(preprocessing.frames_to_tensor(frames, resolution), default_topk, many=True)
         if looks_like_json(payload):
             try:
                 payload = json.loads(payload)
             except (UnicodeDecodeError, json.JSONDecodeError) as error:
                 raise InputError(f"invalid JSON: {error}") from None
         else:
-            return preprocessing.image_bytes_to_tensor(payload, resolution), default_topk
+            return Parsed(preprocessing.image_bytes_to_tensor(payload, resolution)[None], default_topk)
     elif isinstance(payload, str):
         try:
             payload = json.loads(payload)
         except json.JSONDecodeError:
             raise InputError("text body is neither an image nor JSON") from None
-    return parse_json_object(payload, resolution, default_topk, num_classes)
+    return parse_json_object(payload, resolution, default_topk, num_classes, max_images)
 
 
 def came_over_grpc(request_properties: dict) -> bool:
@@ -195,22 +247,27 @@ class DigitHandler(BaseHandler):
         self.device = select_device(properties.get("gpu_id"))
         weights = os.path.join(model_dir, context.manifest["model"]["serializedFile"])
         self.model, checkpoint = load_model(weights, self.device)
+        optimized = bool(settings.get("optimize", True)) and self.device.type == "cpu"
+        if optimized:
+            self.model = optimize_for_cpu(self.model)
         self.labels = load_labels(model_dir, checkpoint["arch"]["num_classes"])
         self.resolution = int(checkpoint.get("preprocessing", {}).get("resolution", preprocessing.DIGIT_BOX))
         self.topk = min(int(settings.get("topk", DEFAULT_TOPK)), len(self.labels))
+        self.max_images = int(settings.get("max_images", preprocessing.MAX_IMAGES_PER_REQUEST))
         # TorchServe's worker logs "Backend received inference at ..." on the root logger for every batch;
         # per-request lines cost throughput and fill the disk. Only that line is dropped.
         logging.getLogger().addFilter(drop_per_batch_log_lines)
         self.context = context
         self.initialized = True
         logger.info(
-            "digit model loaded on %s (%d classes, torch threads %d, resolution %d)",
+            "digit model loaded on %s (%d classes, torch threads %d, resolution %d, %s)",
             self.device, len(self.labels), torch.get_num_threads(), self.resolution,
+            "TorchScript optimized" if optimized else "eager",
         )
 
     def handle(self, data, context):
         results: list = [None] * len(data)
-        accepted: list[tuple[int, torch.Tensor, int]] = []
+        accepted: list[tuple[int, Parsed]] = []
         batch_size = str(len(data))
         for idx, row in enumerate(data):
             context.set_response_content_type(idx, JSON_CONTENT_TYPE)
@@ -218,8 +275,10 @@ class DigitHandler(BaseHandler):
             if came_over_grpc(context.get_all_request_header(idx)):
                 context.set_response_header(idx, STREAM_NEXT_HEADER, "false")
             try:
-                tensor, topk = parse_request(row, self.resolution, self.topk, len(self.labels))
-                accepted.append((idx, tensor, topk))
+                accepted.append((idx, parse_request(row, self.resolution, self.topk, len(self.labels), self.max_images)))
+            except InputTooLarge as error:
+                context.set_response_status(413, "Payload Too Large", idx)
+                results[idx] = json.dumps(format_error(413, str(error), "InputTooLarge"))
             except InputError as error:
                 context.set_response_status(400, "Bad Request", idx)
                 results[idx] = json.dumps(format_error(400, str(error)))
@@ -228,8 +287,12 @@ class DigitHandler(BaseHandler):
                 context.set_response_status(500, "Internal Server Error", idx)
                 results[idx] = json.dumps(format_error(500, "internal error while reading the input", "InternalError"))
         if accepted:
-            batch = torch.stack([tensor for _, tensor, _ in accepted]).to(self.device)
+            batch = torch.cat([parsed.inputs for _, parsed in accepted]).to(self.device)
             probabilities = predict(self.model, batch).cpu()
-            for (idx, _, topk), row_probabilities in zip(accepted, probabilities):
-                results[idx] = json.dumps(format_prediction(row_probabilities, self.labels, topk))
+            start = 0
+            for idx, parsed in accepted:
+                rows = probabilities[start : start + len(parsed.inputs)]
+                start += len(parsed.inputs)
+                answers = [format_prediction(row, self.labels, parsed.topk) for row in rows]
+                results[idx] = json.dumps({"predictions": answers} if parsed.many else answers[0])
         return results

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import struct
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,8 +33,27 @@ MIN_CONTRAST = 8 / 255  # a max-min range below this is a blank image, not a dig
 INK_THRESHOLD = 0.1  # a pixel brighter than this (after polarity and background removal) belongs to the digit
 
 
+MAX_IMAGES_PER_REQUEST = 256  # a multi-image request carries at most this many (more: HTTP 413)
+NPY_MAGIC = b"\x93NUMPY"
+# .npy dtypes a frame array may have: pixel values 0..255 as integers or floats; never objects (pickles).
+NPY_DTYPES = ("|u1", "<u2", ">u2", "<i2", ">i2", "<i4", ">i4", "<i8", ">i8", "<f4", ">f4", "<f8", ">f8")
+
+
 class InputError(ValueError):
     """A request's input is not a usable digit image. The message says why, for the client."""
+
+
+class InputTooLarge(InputError):
+    """A request carries more than a limit allows (HTTP 413)."""
+
+
+@dataclass
+class ParsedInput:
+    """One request, read: its images as network input (N x 1 x 28 x 28), its topk, and whether it asked for
+    many images (answered as a list) or one. Lives here because TorchServe allows one class per handler module."""
+    inputs: torch.Tensor
+    topk: int
+    many: bool = False
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -62,7 +82,8 @@ def decode_image(data: bytes) -> np.ndarray:
     try:
         image.seek(0)  # an animated GIF or WEBP: its first frame
         image.load()
-        image = ImageOps.exif_transpose(image)  # phone photos: honour the orientation tag
+        if "exif" in image.info:  # phone photos: honour the orientation tag (the check skips a costly no-op)
+            image = ImageOps.exif_transpose(image)
         return image_to_grey(image)
     except InputError:
         raise
@@ -84,7 +105,8 @@ def image_to_grey(image: Image.Image) -> np.ndarray:
         return np.clip(pixels / top, 0.0, 1.0).astype(np.float32)
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
     if not has_alpha:
-        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        grey = image if image.mode == "L" else image.convert("L")
+        return np.asarray(grey, dtype=np.float32) / np.float32(255.0)
     rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
     grey = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as Pillow's "L"
     alpha = rgba[..., 3]
@@ -113,6 +135,16 @@ def pixels_to_grey(pixels: object) -> np.ndarray:
     return (array / 255.0).astype(np.float32)
 
 
+def border_median(values: np.ndarray) -> float:
+    """np.median of a 1-D array, without its generic machinery (a tenth of the time on a 108-pixel border)."""
+    count = values.size
+    half = count // 2
+    if count % 2:
+        return float(np.partition(values, half)[half])
+    middle = np.partition(values, (half - 1, half))
+    return float((middle[half - 1] + middle[half]) / 2)
+
+
 def to_mnist_geometry(grey: np.ndarray, resolution: int = DIGIT_BOX) -> np.ndarray:
     """Grey image in [0, 1], any size and polarity -> 28x28 float32, white digit on black, MNIST-centred.
 
@@ -126,13 +158,14 @@ def to_mnist_geometry(grey: np.ndarray, resolution: int = DIGIT_BOX) -> np.ndarr
     if float(grey.max() - grey.min()) < MIN_CONTRAST:
         raise InputError("blank image: no digit found")
     border = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
-    if np.median(border) > 0.5:  # dark digit on a light background: make it white on black
+    background = border_median(border)
+    if background > 0.5:  # dark digit on a light background: make it white on black
         grey = 1.0 - grey
-        border = 1.0 - border
-    background = float(np.median(border))
+        background = 1.0 - background
     ink = np.clip((grey - background) / max(float(grey.max()) - background, 1e-6), 0.0, 1.0)
-    rows = np.flatnonzero((ink > INK_THRESHOLD).any(axis=1))
-    cols = np.flatnonzero((ink > INK_THRESHOLD).any(axis=0))
+    is_ink = ink > INK_THRESHOLD
+    rows = np.flatnonzero(is_ink.any(axis=1))
+    cols = np.flatnonzero(is_ink.any(axis=0))
     if rows.size == 0:
         raise InputError("blank image: no digit found")
     box = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
@@ -167,9 +200,10 @@ def normalize(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
 
     One frame (serving) or a batch (training): the same arithmetic for both.
     """
-    if not isinstance(frames, torch.Tensor):
-        frames = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))
-    return ((frames - MEAN) / STD).unsqueeze(-3)
+    # numpy does the arithmetic for both (bit-identical results), then one torch call: cheap for one frame.
+    frames = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else frames
+    frames = np.asarray(frames, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray((frames - np.float32(MEAN)) / np.float32(STD))).unsqueeze(-3)
 
 
 def image_bytes_to_tensor(data: bytes, resolution: int = DIGIT_BOX) -> torch.Tensor:
@@ -183,6 +217,62 @@ def image_bytes_to_tensor(data: bytes, resolution: int = DIGIT_BOX) -> torch.Ten
 def pixels_to_tensor(pixels: object, resolution: int = DIGIT_BOX) -> torch.Tensor:
     """JSON pixel array -> 1x28x28 network input."""
     return normalize(to_mnist_geometry(pixels_to_grey(pixels), resolution))
+
+
+def check_image_count(count: int, limit: int = MAX_IMAGES_PER_REQUEST) -> None:
+    if count < 1:
+        raise InputError("no images in the request")
+    if count > limit:
+        raise InputTooLarge(f"{count} images in one request; the limit is {limit}")
+
+
+def decode_npy_frames(data: bytes, limit: int = MAX_IMAGES_PER_REQUEST) -> np.ndarray:
+    """A .npy file of N x 28 x 28 pixel values (0..255, white digit on black as in MNIST) -> float32 in [0, 1].
+
+    The header is checked before any pixel is read: shape, count, dtype (numbers only, never pickled objects)
+    and that the file holds exactly the bytes the header promises. np.load would allocate the array the
+    header declares first, so a 60-byte file could claim terabytes.
+    """
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except ValueError as error:
+        raise InputError(f"not a valid .npy file: {error}") from None
+    if dtype.str not in NPY_DTYPES:
+        raise InputError(f".npy dtype must be an integer or float type, got {dtype.str}")
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) != 3 or tuple(shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
+        raise InputError(f".npy array must have shape N x {IMAGE_SIZE} x {IMAGE_SIZE}, got {list(shape)}")
+    check_image_count(shape[0], limit)
+    payload = data[stream.tell():]
+    expected = shape[0] * IMAGE_SIZE * IMAGE_SIZE * dtype.itemsize
+    if len(payload) != expected:
+        raise InputError(f".npy holds {len(payload)} bytes of data, its header promises {expected}")
+    frames = np.frombuffer(payload, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
+    if dtype.kind == "f" and not np.isfinite(frames).all():
+        raise InputError(".npy frames hold NaN or infinite values")
+    low, high = frames.min(), frames.max()
+    if low < 0 or high > 255:
+        raise InputError(f"pixel values must lie in 0..255, got {low:g}..{high:g}")
+    return frames.astype(np.float32) / np.float32(255.0)
+
+
+def frames_to_tensor(frames: np.ndarray, resolution: int = DIGIT_BOX) -> torch.Tensor:
+    """N grey frames in [0, 1] -> N x 1 x 28 x 28 network input; an error names the frame's index."""
+    geometric = np.empty((len(frames), IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    for index, frame in enumerate(frames):
+        try:
+            geometric[index] = to_mnist_geometry(frame, resolution)
+        except InputError as error:
+            raise InputError(f"image {index}: {error}") from None
+    return normalize(geometric)
 
 
 def labels_from_mapping(index_to_name: dict[str, str]) -> list[str]:

@@ -1,5 +1,6 @@
 """The handler's pure functions and the handler itself under TorchServe's own Context, no server."""
 import base64
+import io
 import json
 import shutil
 
@@ -64,18 +65,18 @@ def test_training_and_serving_produce_the_same_tensor():
     frames, _ = train.to_frames(images[:20].astype(np.float32) / 255.0, labels[:20], train.DIGITS_RESOLUTION)
     training = preprocessing.normalize(torch.from_numpy(frames))
     for index in range(20):
-        tensor, topk = digit_handler.parse_request(
+        parsed = digit_handler.parse_request(
             {"body": bytearray(png_bytes(images[index]))}, train.DIGITS_RESOLUTION, 3, 10
         )
-        assert topk == 3
-        assert torch.equal(tensor, training[index])
+        assert parsed.topk == 3 and not parsed.many
+        assert torch.equal(parsed.inputs[0], training[index])
 
 
 def test_initialize_reads_weights_labels_and_settings(handler):
     assert handler.initialized and handler.device == torch.device("cpu")
     assert handler.labels == preprocessing.DEFAULT_LABELS
     assert handler.resolution == train.DIGITS_RESOLUTION
-    assert not handler.model.training
+    assert isinstance(handler.model, torch.jit.ScriptModule)  # optimize_for_cpu: frozen, eval-only
 
 
 def test_select_device():
@@ -118,6 +119,49 @@ def test_pixel_array_request(handler, model_dir, test_split):
     assert statuses == [200] and answers[0]["label"] == str(labels[0])
 
 
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def test_many_images_in_one_request_get_one_answer_each_in_order(handler, model_dir, test_split):
+    """A .npy of frames and a JSON list of base64 PNGs, batched with a single-image request."""
+    images, labels = test_split
+    frames = np.stack([np.rint(preprocessing.to_mnist_geometry(image / 255.0) * 255) for image in images[:30]])
+    rows = [
+        {"body": bytearray(npy_bytes(frames.astype(np.uint8)))},
+        {"body": {"images": [base64.b64encode(png_bytes(image)).decode() for image in images[30:40]], "topk": 2}},
+        {"body": bytearray(png_bytes(images[40]))},
+    ]
+    answers, statuses, context = run_batch(handler, model_dir, rows)
+    assert statuses == [200, 200, 200]
+    npy_labels = [answer["label"] for answer in answers[0]["predictions"]]
+    assert len(npy_labels) == 30 and sum(a == str(b) for a, b in zip(npy_labels, labels[:30])) >= 28
+    listed = answers[1]["predictions"]
+    assert [answer["label"] for answer in listed] == [str(label) for label in labels[30:40]]
+    assert all(len(answer["topk"]) == 2 for answer in listed)
+    assert answers[2]["label"] == str(labels[40]) and "predictions" not in answers[2]
+    # the same images one by one give the same answers
+    single, _, _ = run_batch(handler, model_dir, [{"body": bytearray(png_bytes(image))} for image in images[30:40]])
+    assert [answer["label"] for answer in single] == [answer["label"] for answer in listed]
+
+
+def test_too_many_images_is_413_and_a_bad_image_names_its_index(handler, model_dir, test_split):
+    image = test_split[0][0]
+    frames = np.zeros((handler.max_images + 1, 28, 28), np.uint8)
+    listed = [base64.b64encode(png_bytes(image)).decode()] * 3 + ["###"]
+    answers, statuses, _ = run_batch(handler, model_dir, [
+        {"body": bytearray(npy_bytes(frames))},
+        {"body": {"images": listed}},
+        {"body": bytearray(png_bytes(image))},
+    ])
+    assert statuses == [413, 400, 200]
+    assert answers[0] == {"code": 413, "type": "InputTooLarge",
+                          "message": f"{handler.max_images + 1} images in one request; the limit is {handler.max_images}"}
+    assert answers[1]["message"] == 'image 3: "data" is not valid base64'
+
+
 BAD_ROWS = {
     "empty body": ({"body": bytearray()}, "empty"),
     "no fields (curl -d)": ({}, "empty request"),
@@ -133,6 +177,10 @@ BAD_ROWS = {
     "out of range": ({"body": {"pixels": [[999] * 28] * 28}}, "0..255"),
     "bad topk": ({"body": {"pixels": [[0] * 28] * 28, "topk": 11}}, "topk"),
     "too small": ({"body": bytearray(png_bytes(np.full((2, 2), 255, np.uint8)))}, "too small"),
+    "images not a list": ({"body": {"images": "abc"}}, "must be a list"),
+    "images empty": ({"body": {"images": []}}, "no images"),
+    "npy wrong shape": ({"body": bytearray(npy_bytes(np.zeros((2, 28, 27), np.uint8)))}, "N x 28 x 28"),
+    "npy blank frame": ({"body": bytearray(npy_bytes(np.zeros((2, 28, 28), np.uint8)))}, "image 0: blank image"),
 }
 
 
@@ -204,3 +252,27 @@ def test_per_batch_log_line_is_dropped_and_others_kept(handler):
     root = logging.getLogger()
     assert root.filter(record("Backend received inference at: %d")) is False
     assert root.filter(record("Torch worker started.")) is True
+
+
+def test_the_handler_module_defines_one_class():
+    """TorchServe loads a handler module only if it defines exactly one class (model_service_worker)."""
+    import inspect
+
+    classes = [obj for _, obj in inspect.getmembers(digit_handler, inspect.isclass)
+               if obj.__module__ == digit_handler.__name__]
+    assert classes == [DigitHandler]
+
+
+def test_cpu_optimized_model_matches_eager(artifacts):
+    model, _ = digit_handler.load_model(str(artifacts / train.WEIGHTS_FILE), torch.device("cpu"))
+    optimized = digit_handler.optimize_for_cpu(model)
+    for batch in (1, 5, 64):
+        inputs = torch.randn(batch, 1, 28, 28)
+        expected = digit_handler.predict(model, inputs)
+        assert torch.allclose(digit_handler.predict(optimized, inputs), expected, atol=1e-5)
+
+
+def test_optimize_can_be_turned_off(model_dir):
+    handler = DigitHandler()
+    handler.initialize(make_context(model_dir, 1, {"handler": {"optimize": False}}))
+    assert isinstance(handler.model, torch.nn.Module) and not isinstance(handler.model, torch.jit.ScriptModule)

@@ -1,31 +1,19 @@
-"""A real TorchServe for the integration tests: fresh .mar files, own ports, own temp dir, token auth on.
-
-It never meets a TorchServe the user runs: its listeners, gRPC ports and worker ports are picked free,
-and its TMPDIR (pid file, worker sockets), logs and key_file.json live in a directory of its own.
-"""
+"""Fixtures for the integration tests: fresh .mar files and a real TorchServe (scripts/local_server.py) on its
+own ports, with its own temp dir, token auth on."""
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
-import requests
 
-from scripts.serving import Endpoints, read_token, wait_until_ready
+from scripts.local_server import package, start_server
 from tests.conftest import ROOT
 
-BIN = Path(sys.executable).parent
 BATCH_MODEL = "digits_batch"
 # A model with one worker and a long batch delay, so concurrent requests are sure to share a batch.
 BATCH_MODEL_CONFIG = """\
@@ -37,138 +25,6 @@ responseTimeout: 30
 handler:
   torch_threads: 1
 """
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def package(artifacts: Path, store: Path, name: str, model_config: Path | None = None, version: str = "1.0",
-            archive_name: str | None = None) -> Path:
-    command = [str(ROOT / "scripts" / "package.sh"), "--artifacts", str(artifacts), "--export-path", str(store),
-               "--model-name", name, "--version", version, "--archive-name", archive_name or name]
-    if model_config:
-        command += ["--model-config", str(model_config)]
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    subprocess.run(command, check=True, env=env, capture_output=True)
-    return store / f"{archive_name or name}.mar"
-
-
-def model_name_of(archive: Path) -> str:
-    """The model name in a .mar's manifest (the file name may differ: digits_v2.mar holds model digits)."""
-    with zipfile.ZipFile(archive) as mar:
-        return json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]["modelName"]
-
-
-@dataclass
-class Server:
-    workdir: Path
-    env: dict
-    endpoints: Endpoints
-    process: subprocess.Popen
-
-    @property
-    def inference_token(self) -> str:
-        return read_token(self.endpoints.key_file, "inference")
-
-    @property
-    def management_token(self) -> str:
-        return read_token(self.endpoints.key_file, "management")
-
-    def auth(self, kind: str = "inference") -> dict:
-        return {"Authorization": f"Bearer {read_token(self.endpoints.key_file, kind)}"}
-
-    def describe(self, model: str) -> list[dict]:
-        response = requests.get(f"{self.endpoints.management}/models/{model}", headers=self.auth("management"), timeout=10)
-        response.raise_for_status()
-        return response.json()
-
-    def worker_pids(self, model: str) -> list[int]:
-        return [int(worker["pid"]) for entry in self.describe(model) for worker in entry["workers"]]
-
-    def frontend_pid(self) -> int:
-        return int((self.workdir / "tmp" / ".model_server.pid").read_text())
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = []
-        for name in ("console.log", "logs/ts_log.log", "logs/model_log.log"):
-            path = self.workdir / name
-            if path.exists():
-                text.append(f"--- {name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
-        return "\n".join(text)
-
-    def stop(self, timeout: float = 60) -> list[int]:
-        """Stop TorchServe and wait until the frontend and every worker have exited; returns their pids."""
-        pids = []
-        try:
-            frontend = self.frontend_pid()
-            pids.append(frontend)
-            pids += [child.pid for child in psutil.Process(frontend).children(recursive=True)]
-        except (OSError, ValueError, psutil.Error):
-            pass
-        subprocess.run([str(BIN / "torchserve"), "--stop"], env=self.env, cwd=self.workdir, capture_output=True, timeout=60)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids):
-            time.sleep(0.2)
-        for pid in pids:  # only processes this fixture started
-            if psutil.pid_exists(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        return pids
-
-
-def start_server(store: Path, workdir: Path, models: str, timeout: float = 180, extra_env: dict | None = None) -> Server:
-    ports = free_ports(5)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "tmp").mkdir(exist_ok=True)
-    # A stray TS_* variable from the user's shell must not change the server under test.
-    env = {name: value for name, value in os.environ.items() if not name.startswith("TS_")}
-    env.update({
-        "PATH": f"{BIN}:{os.environ['PATH']}",
-        "TMPDIR": str(workdir / "tmp"),  # the launcher's pid file and the workers' sockets
-        "TEMP": str(workdir / "tmp"),  # the Java frontend's java.io.tmpdir
-        "LOG_LOCATION": str(workdir / "logs"),
-        "METRICS_LOCATION": str(workdir / "logs"),
-        "TS_INFERENCE_ADDRESS": f"http://127.0.0.1:{ports[0]}",
-        "TS_MANAGEMENT_ADDRESS": f"http://127.0.0.1:{ports[1]}",
-        "TS_METRICS_ADDRESS": f"http://127.0.0.1:{ports[2]}",
-        "TS_GRPC_INFERENCE_PORT": str(ports[3]),
-        "TS_GRPC_MANAGEMENT_PORT": str(ports[4]),
-        "TS_INITIAL_WORKER_PORT": str(20000 + ports[0] % 20000),
-        "TS_LOAD_MODELS": models,
-        **(extra_env or {}),
-    })
-    endpoints = Endpoints.from_config(ROOT / "config.properties", workdir / "key_file.json", environ=env)
-    console = open(workdir / "console.log", "wb")
-    process = subprocess.Popen(
-        [str(BIN / "torchserve"), "--start", "--foreground", "--ncs", "--ts-config", str(ROOT / "config.properties"),
-         "--model-store", str(store), "--log-config", str(ROOT / "log4j2.xml")],
-        cwd=workdir, env=env, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )
-    console.close()
-    server = Server(workdir, env, endpoints, process)
-    try:
-        for model in dict.fromkeys(model_name_of(store / archive) for archive in models.split(",")):
-            wait_until_ready(endpoints, model, timeout, lambda: process.poll() is None)
-    except (TimeoutError, RuntimeError) as error:
-        tail = server.log_tail()
-        server.stop()
-        raise RuntimeError(f"TorchServe did not become ready: {error}\n{tail}") from None
-    return server
 
 
 @pytest.fixture(scope="session")

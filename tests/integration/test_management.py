@@ -10,9 +10,10 @@ import time
 import psutil
 import pytest
 import requests
+import yaml
 
+from scripts.local_server import start_server
 from tests.conftest import ROOT, png_bytes
-from tests.integration.conftest import start_server
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +59,9 @@ def test_describe_shows_workers_batching_and_queue(versions_server, transport):
     assert result.returncode == 0, result.stderr
     text = result.stdout
     assert "digits 1.0 (default)  digits.mar" in text and "digits 2.0  digits_v2.mar" in text
-    assert text.count("batchSize 16  maxBatchDelay 5 ms") == 2 and "pending 0" in text
+    shipped = yaml.safe_load((ROOT / "handler" / "model-config.yaml").read_text())
+    batching = f"batchSize {shipped['batchSize']}  maxBatchDelay {shipped['maxBatchDelay']} ms"
+    assert text.count(batching) == 2 and "pending 0" in text
     workers = {worker["id"]: str(worker["pid"]) for entry in versions_server.describe("digits/all")
                for worker in entry["workers"]}
     rows = {row[0]: row for row in map(str.split, text.splitlines()) if row and row[0] in workers}

@@ -10,8 +10,9 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import png_bytes, png_header_only
-from tests.integration.conftest import BATCH_MODEL, start_server
+from scripts.local_server import start_server
+from tests.conftest import ROOT, png_bytes, png_header_only
+from tests.integration.conftest import BATCH_MODEL
 
 pytestmark = pytest.mark.integration
 
@@ -163,9 +164,13 @@ def test_model_registration_api_is_off(server):
 
 
 def test_describe_shows_the_shipped_model_config(server):
+    import yaml
+
+    shipped = yaml.safe_load((ROOT / "handler" / "model-config.yaml").read_text())
     description = server.describe("digits")[0]
-    assert description["batchSize"] == 16 and description["maxBatchDelay"] == 5
-    assert description["minWorkers"] == 2 and len(description["workers"]) == 2
+    for key in ("batchSize", "maxBatchDelay", "minWorkers", "maxWorkers", "responseTimeout"):
+        assert description[key] == shipped[key], key
+    assert len(description["workers"]) == shipped["minWorkers"]
 
 
 def test_listeners_are_on_loopback_only(server):
@@ -203,3 +208,48 @@ def test_requests_write_no_log_lines(server, test_split):
     for image in test_split[0][:50]:
         assert predict(server, png_bytes(image)).status_code == 200
     assert lines() - before == 0
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def test_many_images_in_one_request_are_answered_in_order(server, test_split):
+    """A .npy of frames and a JSON list of PNGs: one answer per image, in order, equal to one-by-one answers."""
+    from model import preprocessing
+
+    images, labels = test_split
+    frames = np.stack([np.rint(preprocessing.to_mnist_geometry(image / 255.0) * 255) for image in images[:50]])
+    response = predict(server, npy_bytes(frames.astype(np.uint8)))
+    assert response.status_code == 200, response.text
+    answers = response.json()["predictions"]
+    assert len(answers) == 50 and sum(a["label"] == str(b) for a, b in zip(answers, labels[:50])) >= 48
+
+    listed = [base64.b64encode(png_bytes(image)).decode() for image in images[50:60]]
+    response = predict(server, json.dumps({"images": listed, "topk": 1}), headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    together = response.json()["predictions"]
+    one_by_one = [predict(server, png_bytes(image)).json() for image in images[50:60]]
+    assert [a["label"] for a in together] == [b["label"] for b in one_by_one]
+    assert all(len(a["topk"]) == 1 for a in together)
+
+
+def test_too_many_images_get_413_and_bad_ones_a_400_naming_the_image(server, test_split):
+    pids = sorted(server.worker_pids("digits"))
+    too_many = predict(server, npy_bytes(np.zeros((257, 28, 28), np.uint8)))
+    assert too_many.status_code == 413
+    assert too_many.json() == {"code": 413, "type": "InputTooLarge",
+                               "message": "257 images in one request; the limit is 256"}
+    listed = [base64.b64encode(png_bytes(test_split[0][0])).decode(), "not base64!"]
+    bad = predict(server, json.dumps({"images": listed}), headers={"Content-Type": "application/json"})
+    assert bad.status_code == 400 and bad.json()["message"] == 'image 1: "data" is not valid base64'
+    assert sorted(server.worker_pids("digits")) == pids
+
+
+def test_a_body_over_max_request_size_gets_413_from_the_frontend(server):
+    too_big = predict(server, b"\0" * 6553501)
+    assert too_big.status_code == 413

@@ -176,3 +176,79 @@ def test_labels_from_mapping():
     assert preprocessing.labels_from_mapping({"1": "b", "0": "a"}) == ["a", "b"]
     with pytest.raises(ValueError, match="gaps"):
         preprocessing.labels_from_mapping({"0": "a", "2": "c"})
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def test_npy_frames_decode_in_every_number_type():
+    frames = np.random.default_rng(0).integers(0, 256, (5, 28, 28))
+    for dtype in (np.uint8, np.int16, np.int32, np.float32, np.float64, ">f4"):
+        decoded = preprocessing.decode_npy_frames(npy_bytes(frames.astype(dtype)))
+        assert decoded.shape == (5, 28, 28) and decoded.dtype == np.float32
+        assert np.allclose(decoded, frames / 255.0)
+    assert preprocessing.decode_npy_frames(npy_bytes(frames[0].astype(np.uint8))).shape == (1, 28, 28)
+    fortran = np.asfortranarray(frames.astype(np.uint8))
+    assert np.allclose(preprocessing.decode_npy_frames(npy_bytes(fortran)), frames / 255.0)
+
+
+def test_npy_header_promising_huge_data_is_refused_before_allocating():
+    header = npy_bytes(np.zeros((1, 28, 28), np.uint8))
+    bomb = header.replace(b"'shape': (1, 28, 28), ", b"'shape': (99999, 28, 28),")[:len(header)]  # same length
+    with pytest.raises(preprocessing.InputTooLarge, match="99999 images"):
+        preprocessing.decode_npy_frames(bomb)
+    small = header.replace(b"'shape': (1, 28, 28)", b"'shape': (9, 28, 28)")
+    with pytest.raises(InputError, match="promises"):
+        preprocessing.decode_npy_frames(small)
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.zeros((2, 28, 28), dtype=object), "dtype"),
+    (np.zeros((2, 28, 28), dtype=np.complex64), "dtype"),
+    (np.full((1, 28, 28), np.nan, np.float32), "NaN"),
+    (np.full((1, 28, 28), 300, np.int16), "0..255"),
+    (np.full((1, 28, 28), -1, np.int16), "0..255"),
+    (np.zeros((0, 28, 28), np.uint8), "no images"),
+    (np.zeros((28, 28, 2), np.uint8), "N x 28 x 28"),
+])
+def test_bad_npy_frames(array, message):
+    data = npy_bytes(array) if array.dtype != object else _object_npy()
+    with pytest.raises(InputError, match=message):
+        preprocessing.decode_npy_frames(data)
+
+
+def _object_npy() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([None, {"x": 1}], dtype=object), allow_pickle=True)
+    return buffer.getvalue()
+
+
+def test_truncated_and_garbage_npy_is_an_input_error():
+    data = npy_bytes(np.zeros((2, 28, 28), np.uint8))
+    for broken in (data[:8], data[:40], b"\x93NUMPY\x09\x00junk", data[:-1]):
+        with pytest.raises(InputError):
+            preprocessing.decode_npy_frames(broken)
+
+
+def test_frames_to_tensor_matches_one_by_one():
+    images, _ = sklearn_scans_u8()
+    frames = np.stack([preprocessing.to_mnist_geometry(image / 255.0) for image in images[:8]])
+    batch = preprocessing.frames_to_tensor(frames, 10)
+    assert batch.shape == (8, 1, 28, 28)
+    for index in range(8):
+        assert torch.equal(batch[index], preprocessing.normalize(preprocessing.to_mnist_geometry(frames[index], 10)))
+
+
+def test_border_median_equals_numpy_median():
+    rng = np.random.default_rng(0)
+    for count in (1, 2, 3, 27, 108, 109):
+        for _ in range(50):
+            values = rng.random(count).astype(np.float32)
+            assert preprocessing.border_median(values) == float(np.median(values))
