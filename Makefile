@@ -60,7 +60,7 @@ wrk:  ## install the load generator wrk (apt-get) if it is missing
 	@command -v wrk >/dev/null
 
 bench: package wrk  ## benchmark TorchServe with wrk against the raw in-process ceiling -> artifacts/bench/
-	$(PY) scripts/benchmark.py
+	$(PY) scripts/benchmark.py --profile
 
 gpu-check: $(VENV)/.installed  ## prove the workers run on CUDA (exits 0 with a note where there is no GPU)
 	scripts/gpu_check.sh

@@ -215,9 +215,14 @@ def predict(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
 
 def format_prediction(probabilities: torch.Tensor, labels: list[str], topk: int) -> dict:
     values, indices = torch.topk(probabilities, topk)
+    return format_ranked(values.tolist(), indices.tolist(), labels)
+
+
+def format_ranked(values: list[float], indices: list[int], labels: list[str]) -> dict:
+    """One answer from one row's ranked probabilities and class indices (best first)."""
     ranked = [
         {"label": labels[index], "index": index, "probability": round(value, 6)}
-        for value, index in zip(values.tolist(), indices.tolist())
+        for value, index in zip(values, indices)
     ]
     return {**ranked[0], "topk": ranked}
 
@@ -289,10 +294,14 @@ class DigitHandler(BaseHandler):
         if accepted:
             batch = torch.cat([parsed.inputs for _, parsed in accepted]).to(self.device)
             probabilities = predict(self.model, batch).cpu()
+            # One topk and one tolist for the whole batch: per-row torch calls cost more than the model here.
+            values, indices = torch.topk(probabilities, max(parsed.topk for _, parsed in accepted))
+            values, indices = values.tolist(), indices.tolist()
             start = 0
             for idx, parsed in accepted:
-                rows = probabilities[start : start + len(parsed.inputs)]
+                rows = range(start, start + len(parsed.inputs))
                 start += len(parsed.inputs)
-                answers = [format_prediction(row, self.labels, parsed.topk) for row in rows]
+                answers = [format_ranked(values[row][: parsed.topk], indices[row][: parsed.topk], self.labels)
+                           for row in rows]
                 results[idx] = json.dumps({"predictions": answers} if parsed.many else answers[0])
         return results

@@ -14,6 +14,9 @@ one thread, keep-alive connections, on this same machine:
     forward at batch 64, in as many processes as TorchServe has workers; and the per-image preprocessing cost;
   * worker and frontend RSS after warm-up and at the end (the full run sends >= 100,000 requests first).
 
+With --profile it also samples one worker with py-spy during the concurrency-64 run and reports where its time
+goes (the share of samples inside each function): the "what limits it" of the README comes from there.
+
 It prints a table and writes results.json and latency.png into --output-dir (default artifacts/bench/).
 Timing numbers from a 2-core machine are noisy: compare medians of several runs, not single numbers.
 """
@@ -136,6 +139,30 @@ def run_wrk(url: str, body: Path, token: str, content_type: str, concurrency: in
     return summary
 
 
+def function_of(frame: str) -> str:
+    """py-spy's raw frame 'name (path/file.py:line)' -> 'name (file.py)': lines of one function counted once."""
+    name, _, location = frame.partition(" (")
+    return f"{name} ({location.rsplit('/', 1)[-1].split(':')[0]})"
+
+
+def profile_worker(pid: int, seconds: float, raw_path: Path) -> list[dict]:
+    """Sample a worker with py-spy (non-blocking) and return the functions holding the most samples, inclusive."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    subprocess.run([py_spy, "record", "--nonblocking", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
+                    "--rate", "200", "--format", "raw", "--output", str(raw_path)],
+                   check=True, capture_output=True, timeout=seconds + 60)
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in raw_path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        total += int(count)
+        functions = {function_of(frame) for frame in stack.split(";")}
+        for function in functions:
+            inclusive[function] = inclusive.get(function, 0) + int(count)
+    ranked = sorted(inclusive.items(), key=lambda item: -item[1])
+    return [{"function": name, "share": count / total} for name, count in ranked[:25]] if total else []
+
+
 def resident_memory(pids: dict[str, int]) -> dict[str, float]:
     """RSS in MiB per named process."""
     sizes = {}
@@ -221,8 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key-file", type=Path, default=ROOT / "key_file.json", help="its token file (with --url)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model name")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "artifacts" / "bench")
+    parser.add_argument("--seconds", type=float, default=None, help="seconds per load setting (default: 15, quick 2)")
+    parser.add_argument("--profile", action="store_true", help="sample a worker with py-spy at concurrency 64")
     args = parser.parse_args(argv)
-    durations = DURATIONS["quick" if args.quick else "full"]
+    durations = dict(DURATIONS["quick" if args.quick else "full"])
+    if args.seconds:
+        durations["single"] = durations["multi"] = args.seconds
     if not shutil.which("wrk"):
         print("benchmark.py: wrk not found; `make bench` installs it (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
@@ -258,10 +289,20 @@ def main(argv: list[str] | None = None) -> int:
         total = run_wrk(url, work / "digit.png", token, "image/png", 16, durations["warmup"])["requests"]
         memory_warm = resident_memory(pids)
 
-        runs = []
+        runs, profile = [], []
         for concurrency in CONCURRENCY:
             print(f"PNG, concurrency {concurrency}, {durations['single']} s ...", flush=True)
-            run = run_wrk(url, work / "digit.png", token, "image/png", concurrency, durations["single"])
+            if args.profile and concurrency == 64:
+                from concurrent.futures import ThreadPoolExecutor
+
+                worker = next(pid for name, pid in pids.items() if name.startswith("worker"))
+                with ThreadPoolExecutor(1) as pool:
+                    sampling = pool.submit(profile_worker, worker, durations["single"] - 2, work / "profile.txt")
+                    run = run_wrk(url, work / "digit.png", token, "image/png", concurrency, durations["single"])
+                    profile = sampling.result()
+                shutil.copy(work / "profile.txt", args.output_dir / "profile.txt")
+            else:
+                run = run_wrk(url, work / "digit.png", token, "image/png", concurrency, durations["single"])
             runs.append({"name": f"PNG, 1 image, c={concurrency}", "concurrency": concurrency,
                          "images_per_request": 1, "images_per_s": run["requests_per_s"], **run})
             total += run["requests"]
@@ -295,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": runs,
             "raw": {"images_per_s": raw_rate, "batch": RAW_BATCH, "processes": workers, "threads": 1,
                     "preprocessing": preprocessing_cost(png, npy, resolution, 30 if args.quick else 200)},
+            "profile_worker_at_c64": profile,
             "memory": {"after_warmup_mib": memory_warm, "at_end_mib": memory_end, "requests": total,
                        "soak_errors": soak_errors},
             "command": "python scripts/benchmark.py" + (" --quick" if args.quick else ""),
@@ -307,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     (args.output_dir / "results.json").write_text(json.dumps(results, indent=2))
     plot(results, args.output_dir / "latency.png")
     print_table(results)
+    if results["profile_worker_at_c64"]:
+        print("\none worker at concurrency 64 (py-spy, share of samples inside each function):")
+        for entry in results["profile_worker_at_c64"][:18]:
+            print(f"  {entry['share']:6.1%}  {entry['function']}")
     print(f"\nwrote {args.output_dir / 'results.json'} and {args.output_dir / 'latency.png'}")
     return 0
 

@@ -17,7 +17,7 @@ def test_quick_benchmark_measures_every_setting(model_store, tmp_path):
     before = set(glob.glob("/tmp/ts-bench-*"))
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--quick", "--archive", str(model_store / "digits.mar"),
-         "--output-dir", str(tmp_path)],
+         "--output-dir", str(tmp_path), "--profile"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -36,4 +36,7 @@ def test_quick_benchmark_measures_every_setting(model_store, tmp_path):
     assert sum(name.startswith("worker") for name in memory["at_end_mib"]) == 2
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "raw in-process ceiling" in result.stdout
+    profile = results["profile_worker_at_c64"]  # py-spy samples of a worker: the handler must show up
+    assert profile and all(0 < entry["share"] <= 1 for entry in profile)
+    assert any("DigitHandler.handle" in entry["function"] for entry in profile)
     assert set(glob.glob("/tmp/ts-bench-*")) <= before, "the benchmark left its temp dir behind"

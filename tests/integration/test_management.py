@@ -94,9 +94,9 @@ def test_set_default_to_a_missing_version_is_refused(versions_server):
 def test_scale_up_and_down_while_requests_keep_flowing(versions_server, test_split):
     """Scale 2 -> 3 -> 1 -> 2 workers under 4 concurrent clients; describe shows each count.
 
-    TorchServe 0.12.0 never answers the requests a removed worker holds at the moment it is scaled down
-    (pytorch/serve#1101): they hang until the client's timeout. So: no failure at all while scaling up or
-    between scalings, and during a scale-down at most one per concurrent client, each a timeout.
+    TorchServe 0.12.0 loses the requests a removed worker holds at the moment it is scaled down
+    (pytorch/serve#1101): most hang until the client's timeout, some get 500 "Worker died.". So: no failure
+    at all while scaling up or between scalings, and during a scale-down at most one per concurrent client.
     """
     server = versions_server
     scans = [(png_bytes(image), str(label)) for image, label in zip(*test_split)][:20]
@@ -151,7 +151,7 @@ def test_scale_up_and_down_while_requests_keep_flowing(versions_server, test_spl
     for started, outcome in failures:
         window = [down for began, ended, down in windows if began - 0.5 <= started <= ended]
         assert window == [True], f"{outcome} for a request started outside a scale-down: {failures}, {windows}"
-        assert outcome == "ReadTimeout", failures
+        assert outcome in ("ReadTimeout", 500, 503), failures
     assert len(failures) <= clients, failures
 
 

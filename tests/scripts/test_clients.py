@@ -113,3 +113,11 @@ def test_wait_until_ready_retries_while_the_key_file_is_half_written(tmp_path):
                                   "127.0.0.1:1", key_file)
     with pytest.raises(TimeoutError, match="invalid JSON"):
         serving.wait_until_ready(endpoints, "digits", timeout=1.0)
+
+
+def test_profile_frames_are_counted_per_function():
+    from scripts.benchmark import function_of
+
+    assert function_of("decode_image (/work/main/model/preprocessing.py:84)") == "decode_image (preprocessing.py)"
+    assert function_of("decode_image (preprocessing.py:87)") == "decode_image (preprocessing.py)"
+    assert function_of("<module> (ts/model_service_worker.py:301)") == "<module> (model_service_worker.py)"
