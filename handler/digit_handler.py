@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import os
@@ -54,6 +55,40 @@ def select_device(gpu_id: int | None) -> torch.device:
     if gpu_id is not None and torch.cuda.is_available():
         return torch.device(f"cuda:{int(gpu_id)}")
     return torch.device("cpu")
+
+
+DIGEST_FILE = "weights.sha256"  # written by scripts/package.sh: "<hex>  <weights file name>"
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_weights(weights_path: str, digest_path: str) -> str:
+    """Refuse weights whose SHA-256 differs from the one recorded at packaging time; the digest if they match.
+
+    Runs before torch.load, so a swapped or corrupted file is never deserialised. A .mar without the record
+    is refused too: it was not built by scripts/package.sh.
+    """
+    name = os.path.basename(weights_path)
+    try:
+        with open(digest_path, encoding="utf-8") as file:
+            expected, _, recorded_name = file.read().strip().partition("  ")
+    except FileNotFoundError:
+        raise RuntimeError(
+            f"refusing to load {name}: no {DIGEST_FILE} in the archive (package with scripts/package.sh)"
+        ) from None
+    actual = file_sha256(weights_path)
+    if recorded_name != name or actual != expected.lower():
+        raise RuntimeError(
+            f"refusing to load {name}: SHA-256 {actual} does not match {expected} recorded for "
+            f"{recorded_name or '?'} at packaging time (tampered or corrupted weights)"
+        )
+    return actual
 
 
 def load_model(weights_path: str, device: torch.device) -> tuple[DigitCNN, dict]:
@@ -251,6 +286,11 @@ class DigitHandler(BaseHandler):
             torch.set_num_threads(threads)
         self.device = select_device(properties.get("gpu_id"))
         weights = os.path.join(model_dir, context.manifest["model"]["serializedFile"])
+        try:
+            digest = verify_weights(weights, os.path.join(model_dir, DIGEST_FILE))
+        except RuntimeError as error:
+            logger.error("%s", error)  # the worker exits; TorchServe logs this line and retries with backoff
+            raise
         self.model, checkpoint = load_model(weights, self.device)
         optimized = bool(settings.get("optimize", True)) and self.device.type == "cpu"
         if optimized:
@@ -265,9 +305,9 @@ class DigitHandler(BaseHandler):
         self.context = context
         self.initialized = True
         logger.info(
-            "digit model loaded on %s (%d classes, torch threads %d, resolution %d, %s)",
+            "digit model loaded on %s (%d classes, torch threads %d, resolution %d, %s, weights sha256 %s)",
             self.device, len(self.labels), torch.get_num_threads(), self.resolution,
-            "TorchScript optimized" if optimized else "eager",
+            "TorchScript optimized" if optimized else "eager", digest[:16],
         )
 
     def handle(self, data, context):

@@ -5,9 +5,9 @@
 #   scripts/package.sh --version 2.0 --artifacts artifacts/v2 --archive-name digits_v2
 #                                            # -> model_store/digits_v2.mar: model digits, version 2.0
 #
-# The archive carries the weights (state_dict + architecture), the handler, the model/ package
-# (network + the one preprocessing module) so the handler imports it exactly as train.py does,
-# index_to_name.json, and handler/model-config.yaml (workers, batching, timeouts).
+# The archive carries the weights (state_dict + architecture) and their SHA-256 (weights.sha256), the
+# handler, the model/ package (network + the one preprocessing module) so the handler imports it exactly
+# as train.py does, index_to_name.json, and handler/model-config.yaml (workers, batching, timeouts).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -64,12 +64,16 @@ archiver="$(command -v torch-model-archiver || true)"
 
 # Extra files given as a directory are copied by their contents; staging keeps model/ a package.
 stage="$(mktemp -d)"
-trap 'rm -rf "$stage"' EXIT
+out="$(mktemp -d)"
+trap 'rm -rf "$stage" "$out"' EXIT
 mkdir -p "$stage/model"
 cp "$root"/model/*.py "$stage/model/"
 cp "$labels" "$stage/index_to_name.json"
+# The weights' SHA-256, recorded now and checked by the handler before torch.load: a swapped or corrupted
+# weights file refuses to load. (sha256sum's format: "<hex>  <file name>".)
+(cd "$(dirname "$weights")" && sha256sum "$(basename "$weights")") >"$stage/weights.sha256"
 
-mkdir -p "$export_path" "$stage/out"
+mkdir -p "$export_path"
 # torch-model-archiver names the file after the model; TorchServe reads name and version from the manifest.
 "$archiver" \
   --model-name "$model_name" \
@@ -79,7 +83,7 @@ mkdir -p "$export_path" "$stage/out"
   --handler "$root/handler/digit_handler.py" \
   --extra-files "$stage" \
   --config-file "$model_config" \
-  --export-path "$stage/out" \
+  --export-path "$out" \
   --force
-mv -f "$stage/out/$model_name.mar" "$export_path/$archive_name.mar"
+mv -f "$out/$model_name.mar" "$export_path/$archive_name.mar"
 echo "wrote $export_path/$archive_name.mar (model $model_name, version $version)"

@@ -23,6 +23,8 @@ def model_dir(artifacts, tmp_path_factory):
     directory = tmp_path_factory.mktemp("model_dir")
     shutil.copy(artifacts / train.WEIGHTS_FILE, directory)
     shutil.copy(artifacts / "index_to_name.json", directory)
+    digest = digit_handler.file_sha256(str(directory / train.WEIGHTS_FILE))
+    (directory / digit_handler.DIGEST_FILE).write_text(f"{digest}  {train.WEIGHTS_FILE}\n")
     return directory
 
 
@@ -276,3 +278,27 @@ def test_optimize_can_be_turned_off(model_dir):
     handler = DigitHandler()
     handler.initialize(make_context(model_dir, 1, {"handler": {"optimize": False}}))
     assert isinstance(handler.model, torch.nn.Module) and not isinstance(handler.model, torch.jit.ScriptModule)
+
+
+def test_tampered_weights_refuse_to_load_before_deserialising(model_dir, tmp_path):
+    tampered = tmp_path / "model_dir"
+    shutil.copytree(model_dir, tampered)
+    weights = tampered / train.WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF  # one flipped byte
+    weights.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match="refusing to load digit_cnn.pt: SHA-256 .* does not match"):
+        DigitHandler().initialize(make_context(tampered, 1))
+    (tampered / digit_handler.DIGEST_FILE).unlink()
+    with pytest.raises(RuntimeError, match="no weights.sha256 in the archive"):
+        DigitHandler().initialize(make_context(tampered, 1))
+
+
+def test_verify_weights_checks_the_recorded_file_name(model_dir, tmp_path):
+    digest_path = tmp_path / "weights.sha256"
+    digest = digit_handler.file_sha256(str(model_dir / train.WEIGHTS_FILE))
+    digest_path.write_text(f"{digest}  other.pt\n")
+    with pytest.raises(RuntimeError, match="recorded for other.pt"):
+        digit_handler.verify_weights(str(model_dir / train.WEIGHTS_FILE), str(digest_path))
+    digest_path.write_text(f"{digest}  {train.WEIGHTS_FILE}\n")
+    assert digit_handler.verify_weights(str(model_dir / train.WEIGHTS_FILE), str(digest_path)) == digest

@@ -170,6 +170,9 @@ def test_register_and_unregister_with_the_model_api_on(model_store, workdir_fact
     server = start_server(model_store, workdir_factory(), "digits.mar", extra_env={"TS_ENABLE_MODEL_API": "true"})
     try:
         data = png_bytes(test_split[0][0])
+        # allowed_urls=file://.* : even with the model API on, nothing is fetched over http(s) (no SSRF)
+        remote = manage(server, "register", "https://example.com/digits.mar")
+        assert remote.returncode == 1 and "does not match any allowed URL" in remote.stderr
         registered = manage(server, "register", "digits_v2.mar", "--initial-workers", "1")
         assert registered.returncode == 0 and "registered" in registered.stdout.lower(), registered.stderr
         assert answer(server, data, "digits/2.0")["label"] == str(test_split[1][0])
