@@ -22,6 +22,13 @@ def png_bytes(pixels: np.ndarray, mode: str | None = None) -> bytes:
     return buffer.getvalue()
 
 
+def npy_bytes(array: np.ndarray) -> bytes:
+    """What numpy.save writes for `array` (no pickles): the body of a multi-image request."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
 def encode(image: Image.Image, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)

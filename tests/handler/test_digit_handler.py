@@ -1,6 +1,5 @@
 """The handler's pure functions and the handler itself under TorchServe's own Context, no server."""
 import base64
-import io
 import json
 import shutil
 
@@ -14,7 +13,7 @@ from handler import digit_handler
 from handler.digit_handler import DigitHandler
 from model import preprocessing
 from model.preprocessing import InputError
-from tests.conftest import png_bytes, sklearn_scans_u8
+from tests.conftest import npy_bytes, png_bytes, sklearn_scans_u8
 
 
 @pytest.fixture(scope="module")
@@ -119,12 +118,6 @@ def test_pixel_array_request(handler, model_dir, test_split):
     pixels = np.rint(frame * 255).astype(int).tolist()
     answers, statuses, _ = run_batch(handler, model_dir, [{"body": {"pixels": pixels}}])
     assert statuses == [200] and answers[0]["label"] == str(labels[0])
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def test_many_images_in_one_request_get_one_answer_each_in_order(handler, model_dir, test_split):

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from scripts.local_server import start_server
-from tests.conftest import ROOT, png_bytes, png_header_only
+from tests.conftest import ROOT, npy_bytes, png_bytes, png_header_only
 from tests.integration.conftest import BATCH_MODEL
 
 pytestmark = pytest.mark.integration
@@ -208,14 +208,6 @@ def test_requests_write_no_log_lines(server, test_split):
     for image in test_split[0][:50]:
         assert predict(server, png_bytes(image)).status_code == 200
     assert lines() - before == 0
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def test_many_images_in_one_request_are_answered_in_order(server, test_split):

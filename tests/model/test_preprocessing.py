@@ -6,7 +6,7 @@ from PIL import Image
 
 from model import preprocessing
 from model.preprocessing import InputError
-from tests.conftest import encode, png_bytes, png_header_only, sklearn_scans_u8
+from tests.conftest import encode, npy_bytes, png_bytes, png_header_only, sklearn_scans_u8
 
 
 def digit_seven(size: int = 28, ink: int = 255, background: int = 0) -> np.ndarray:
@@ -176,14 +176,6 @@ def test_labels_from_mapping():
     assert preprocessing.labels_from_mapping({"1": "b", "0": "a"}) == ["a", "b"]
     with pytest.raises(ValueError, match="gaps"):
         preprocessing.labels_from_mapping({"0": "a", "2": "c"})
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def test_npy_frames_decode_in_every_number_type():
