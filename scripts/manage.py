@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -229,10 +230,20 @@ def run(api, args) -> int:
     if args.command == "scale":
         if not 0 <= args.min <= args.max:
             raise ManagementError(400, f"need 0 <= --min <= --max, got --min {args.min} --max {args.max}")
+        deadline = time.monotonic() + args.timeout
         print(api.scale(args.model, args.version, args.min, args.max, args.timeout))
-        counts = worker_counts(api.describe(args.model, args.version))
+        # TorchServe's synchronous scale can return while a new worker is still loading: wait for describe.
+        while True:
+            counts = worker_counts(api.describe(args.model, args.version))
+            settled = all(ready >= args.min and total <= args.max for ready, total in counts.values())
+            if settled or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         for version, (ready, total) in counts.items():
             print(f"{args.model} {version}: {ready} of {total} workers READY")
+        if not settled:
+            raise ManagementError(504, f"workers not settled at --min {args.min} --max {args.max} "
+                                       f"within {args.timeout:g} s")
         return 0
     if args.command == "set-default":
         print(api.set_default(args.model, args.version))
@@ -269,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     describe = add("describe", "workers (status, pid, memory), batch settings and queue of a model")
     describe.add_argument("--version", default=None, help="a version (default: the default version)")
     describe.add_argument("--all", action="store_true", help="every version")
-    scale = add("scale", "set the worker count; waits until the workers are up")
+    scale = add("scale", "set the worker count; waits (up to --timeout) until describe shows them READY")
     scale.add_argument("--min", type=int, required=True, help="min workers")
     scale.add_argument("--max", type=int, required=True, help="max workers")
     scale.add_argument("--version", default=None, help="a version (default: the default version)")

@@ -245,3 +245,36 @@ def test_too_many_images_get_413_and_bad_ones_a_400_naming_the_image(server, tes
 def test_a_body_over_max_request_size_gets_413_from_the_frontend(server):
     too_big = predict(server, b"\0" * 6553501)
     assert too_big.status_code == 413
+
+
+def odd_but_valid_images(scan: np.ndarray) -> dict[str, bytes]:
+    """One real scan in the unusual encodings clients send: each must be answered (200), not refused."""
+    from PIL import Image
+
+    from tests.conftest import encode
+
+    big = np.kron(scan, np.ones((500, 500), np.uint8))  # 4000 x 4000 pixels: accepted and scaled down
+    image = Image.fromarray(np.kron(scan, np.ones((4, 4), np.uint8)))  # 32 x 32
+    palette = image.convert("P")
+    return {
+        "4000x4000 png": png_bytes(big),
+        "animated gif": encode(palette, "GIF", save_all=True, append_images=[image.point(lambda v: 255 - v).convert("P")],
+                               duration=100),
+        "16-bit png": encode(Image.fromarray(np.kron(scan, np.ones((4, 4), np.uint8)).astype(np.uint16) * 257), "PNG"),
+        "cmyk jpeg": encode(image.convert("CMYK"), "JPEG", quality=95),
+        "palette png with transparency": encode(palette, "PNG", transparency=0),
+    }
+
+
+def test_odd_but_valid_images_are_answered_and_the_worker_survives(server, test_split):
+    images, labels = test_split
+    pids = sorted(server.worker_pids("digits"))
+    native = predict(server, png_bytes(images[3])).json()["label"]
+    for name, body in odd_but_valid_images(images[3]).items():
+        response = predict(server, body)
+        assert response.status_code == 200, (name, response.text)
+        answer = response.json()
+        assert answer["label"] in [str(digit) for digit in range(10)] and len(answer["topk"]) == 3, name
+        if name in ("4000x4000 png", "16-bit png", "animated gif"):
+            assert answer["label"] == native, name  # the same digit, only encoded differently
+    assert sorted(server.worker_pids("digits")) == pids
