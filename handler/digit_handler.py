@@ -91,6 +91,11 @@ def verify_weights(weights_path: str, digest_path: str) -> str:
     return actual
 
 
+def checkpoint_resolution(checkpoint: dict) -> int:
+    """The resolution the model was trained at (train.py records it beside the weights)."""
+    return int(checkpoint.get("preprocessing", {}).get("resolution", preprocessing.DIGIT_BOX))
+
+
 def load_model(weights_path: str, device: torch.device) -> tuple[DigitCNN, dict]:
     """Rebuild the network from the architecture recorded beside its weights; tensors and plain data only."""
     checkpoint = torch.load(weights_path, map_location="cpu", weights_only=True)
@@ -296,7 +301,7 @@ class DigitHandler(BaseHandler):
         if optimized:
             self.model = optimize_for_cpu(self.model)
         self.labels = load_labels(model_dir, checkpoint["arch"]["num_classes"])
-        self.resolution = int(checkpoint.get("preprocessing", {}).get("resolution", preprocessing.DIGIT_BOX))
+        self.resolution = checkpoint_resolution(checkpoint)
         self.topk = min(int(settings.get("topk", DEFAULT_TOPK)), len(self.labels))
         self.max_images = int(settings.get("max_images", preprocessing.MAX_IMAGES_PER_REQUEST))
         # TorchServe's worker logs "Backend received inference at ..." on the root logger for every batch;

@@ -36,9 +36,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+from scripts.manage import resident_memory as process_rss  # noqa: E402
 from scripts.serving import DEFAULT_MODEL, ROOT, http_json, read_token  # noqa: E402
 
 WRK_SCRIPT = ROOT / "scripts" / "wrk_post.lua"
@@ -164,14 +164,8 @@ def profile_worker(pid: int, seconds: float, raw_path: Path) -> list[dict]:
 
 
 def resident_memory(pids: dict[str, int]) -> dict[str, float]:
-    """RSS in MiB per named process."""
-    sizes = {}
-    for name, pid in pids.items():
-        try:
-            sizes[name] = psutil.Process(pid).memory_info().rss / 2**20
-        except psutil.Error:
-            sizes[name] = float("nan")
-    return sizes
+    """RSS in MiB per named process (NaN for one that is gone)."""
+    return {name: (rss / 2**20 if (rss := process_rss(pid)) is not None else float("nan")) for name, pid in pids.items()}
 
 
 def server_pids(management: str, token: str, model: str, frontend: int | None) -> dict[str, int]:
@@ -330,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             weights = extract_weights(args.archive if args.url is None else ROOT / "model_store" / "digits.mar",
                                       Path(unpacked))
             raw_rate = raw_throughput(weights, workers, 1, durations["raw"])
-            resolution = checkpoint_resolution(weights)
+            resolution = weights_resolution(weights)
         results = {
             "machine": {"cpus": os.cpu_count(), "torch_threads_per_worker": 1, "workers": workers},
             "runs": runs,
@@ -368,13 +362,12 @@ def extract_weights(archive: Path, directory: Path) -> Path:
     return path
 
 
-def checkpoint_resolution(weights: Path) -> int:
+def weights_resolution(weights: Path) -> int:
     import torch
 
-    from model import preprocessing
+    from handler.digit_handler import checkpoint_resolution
 
-    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
-    return int(checkpoint.get("preprocessing", {}).get("resolution", preprocessing.DIGIT_BOX))
+    return checkpoint_resolution(torch.load(weights, map_location="cpu", weights_only=True))
 
 
 if __name__ == "__main__":

@@ -43,11 +43,7 @@ fi
 
 work="$(mktemp -d /tmp/ts-gpu-check-XXXXXX)"  # short: worker sockets live in TMPDIR
 mkdir -p "$work/tmp" "$work/store"
-read -r -a ports <<<"$("$python" -c '
-import socket
-socks = [socket.socket() for _ in range(5)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))')"
+read -r -a ports <<<"$("$python" -c 'from scripts.local_server import free_ports; print(*free_ports(5))')"
 export TMPDIR="$work/tmp" TEMP="$work/tmp" LOG_LOCATION="$work/logs" METRICS_LOCATION="$work/logs"
 export TS_INFERENCE_ADDRESS="http://127.0.0.1:${ports[0]}" TS_MANAGEMENT_ADDRESS="http://127.0.0.1:${ports[1]}"
 export TS_METRICS_ADDRESS="http://127.0.0.1:${ports[2]}" TS_GRPC_INFERENCE_PORT="${ports[3]}"

@@ -25,7 +25,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 from scripts.grpc_stubs import management_pb2, management_pb2_grpc  # noqa: E402
-from scripts.serving import DEFAULT_CONFIG, DEFAULT_MODEL, KEY_FILE_NAME, Endpoints, http_json, read_token  # noqa: E402
+from scripts.serving import (  # noqa: E402
+    DEFAULT_CONFIG, DEFAULT_MODEL, KEY_FILE_NAME, TOKEN_ERROR_TYPE, Endpoints, http_json, read_token,
+)
 
 MODEL_API_HINT = (
     "the model-registration API is off (enable_model_api=false in config.properties): a .mar is code and "
@@ -34,7 +36,6 @@ MODEL_API_HINT = (
 PAGE_SIZE = 100  # models per list page
 
 
-TOKEN_ERROR_TYPE = "InvalidKeyException"  # TorchServe's error type for a missing or wrong token (REST: HTTP 400)
 TOKEN_ERROR_TEXT = "Token Authorization failed"  # the same refusal over gRPC (PERMISSION_DENIED)
 
 

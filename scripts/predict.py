@@ -17,9 +17,9 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
-from scripts.serving import DEFAULT_CONFIG, DEFAULT_MODEL, KEY_FILE_NAME, Endpoints, read_token  # noqa: E402
-
-TOKEN_ERROR_TYPE = "InvalidKeyException"  # what TorchServe answers for a missing or wrong token
+from scripts.serving import (  # noqa: E402
+    DEFAULT_CONFIG, DEFAULT_MODEL, KEY_FILE_NAME, TOKEN_ERROR_TYPE, Endpoints, read_token,
+)
 
 
 class TokenRefused(Exception):

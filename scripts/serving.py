@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "config.properties"
 DEFAULT_MODEL = "digits"
+TOKEN_ERROR_TYPE = "InvalidKeyException"  # TorchServe's error type for a missing or wrong token (REST: HTTP 400)
 KEY_FILE_NAME = "key_file.json"  # TorchServe writes it into the directory it was started from
 
 
