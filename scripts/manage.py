@@ -232,7 +232,14 @@ def run(api, args) -> int:
         if not 0 <= args.min <= args.max:
             raise ManagementError(400, f"need 0 <= --min <= --max, got --min {args.min} --max {args.max}")
         deadline = time.monotonic() + args.timeout
-        print(api.scale(args.model, args.version, args.min, args.max, args.timeout))
+        try:
+            print(api.scale(args.model, args.version, args.min, args.max, args.timeout))
+        except ManagementError as error:
+            # Scaling down under load, TorchServe 0.12.0's gRPC ScaleWorker has answered UNKNOWN with no message
+            # after doing the scaling. A server-side failure is judged by the workers describe shows, below.
+            if error.status < 500 or error.kind == TOKEN_ERROR_TYPE:
+                raise
+            print(f"manage.py: the server answered {error}; checking the workers", file=sys.stderr)
         # TorchServe's synchronous scale can return while a new worker is still loading: wait for describe.
         while True:
             counts = worker_counts(api.describe(args.model, args.version))
