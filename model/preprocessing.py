@@ -11,6 +11,7 @@ a screen drawing with a transparent background -- goes through `to_mnist_geometr
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
 from dataclasses import dataclass
@@ -63,13 +64,16 @@ def decode_image(data: bytes) -> np.ndarray:
     MAX_IMAGE_PIXELS (checked from the header, before decoding pixels).
     """
     if not data:
-        raise InputError("empty body: send an image (PNG, JPEG, BMP, GIF, WEBP) or JSON")
+        raise InputError("empty body: POST an image (PNG, JPEG, BMP, GIF, WEBP) or JSON as the request body")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise InputError(f"image too large: {error}") from None
+        # PIL refuses from the header alone when it declares more pixels than PIL's own limit (89M)
+        declared = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{declared.group(1)} pixels" if declared else "over PIL's limit"
+        raise InputError(f"image too large: {size}, the limit is {MAX_IMAGE_PIXELS} pixels") from None
     except Image.UnidentifiedImageError:
         raise InputError(f"not an image: expected one of {', '.join(ALLOWED_FORMATS)}") from None
     except (OSError, ValueError, SyntaxError, struct.error, EOFError, IndexError, TypeError) as error:

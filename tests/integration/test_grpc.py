@@ -1,7 +1,6 @@
 """gRPC against a real TorchServe: token metadata, predictions equal to REST, errors, streaming, the CLI."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -12,31 +11,18 @@ from google.protobuf import empty_pb2
 
 from scripts import grpc_client
 from scripts.grpc_stubs import inference_pb2_grpc, management_pb2, management_pb2_grpc
-from tests.conftest import ROOT, png_bytes, png_header_only
+from tests.conftest import ROOT, png_bytes
+from tests.integration import bad_inputs
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 30.0
 TOLERANCE = 2e-6  # probabilities are rounded to 6 decimals; a batched forward pass may differ in the last digit
-BAD_INPUTS = {
-    "random bytes": os.urandom(500),
-    "text": b"seven",
-    "truncated png": None,  # filled from a real scan below
-    "1x1 image": None,
-}
-
-
 @pytest.fixture(scope="module")
 def channel(server):
     max_request, max_response = grpc_client.message_limits({})
     with grpc_client.open_channel(server.endpoints.grpc_inference, max_request, max_response) as channel:
         yield channel
-
-
-@pytest.fixture(scope="module")
-def bad_inputs(test_split):
-    scan = png_bytes(test_split[0][0])
-    return {**BAD_INPUTS, "truncated png": scan[: len(scan) // 2], "1x1 image": png_header_only(1, 1)}
 
 
 def rest_predict(server, data: bytes, model: str = "digits") -> requests.Response:
@@ -98,21 +84,57 @@ def test_grpc_predictions_equal_rest_predictions(server, channel, test_split):
     assert correct >= 38, f"{correct} of 40 right over gRPC"
 
 
-def test_bad_input_gets_an_error_body_and_the_worker_survives(server, channel, test_split, bad_inputs):
-    """TorchServe's gRPC path drops per-request status codes: the error is the JSON body, with status OK."""
+@pytest.mark.parametrize("name", list(bad_inputs.REFUSED))
+def test_bad_input_gets_an_error_body_and_the_worker_survives(server, channel, test_split, name):
+    """The REST matrix over gRPC. TorchServe's gRPC path drops per-request status codes: the error is the same
+    JSON body as REST's 400, with status OK (README "gRPC"); grpc_client.py turns it into a failure."""
+    data = bad_inputs.refused_bodies(test_split[0][0])[name]
     pids = sorted(server.worker_pids("digits"))
-    good = png_bytes(test_split[0][0])
-    for name, data in bad_inputs.items():
-        answer = grpc_client.predict(channel, server.inference_token, "digits", None, data, TIMEOUT)
-        assert answer["code"] == 400 and answer["type"] == "InputError", name
-        assert answer["message"] and answer["message"] == rest_predict(server, data).json()["message"], name
-        assert grpc_client.error_message(answer).startswith("400 InputError: ")
-        after = grpc_client.predict(channel, server.inference_token, "digits", None, good, TIMEOUT)
-        assert after["label"] == str(test_split[1][0]), name
+    answer = grpc_client.predict(channel, server.inference_token, "digits", None, data, TIMEOUT)
+    assert answer["code"] == 400 and answer["type"] == "InputError", answer
+    assert bad_inputs.REFUSED[name] in answer["message"]
+    assert answer == rest_predict(server, data).json()
+    assert grpc_client.error_message(answer).startswith("400 InputError: ")
+    good = png_bytes(test_split[0][7])
+    after = grpc_client.predict(channel, server.inference_token, "digits", None, good, TIMEOUT)
+    assert after["label"] == str(test_split[1][7])
     assert sorted(server.worker_pids("digits")) == pids
 
 
-def test_stream_predictions_answers_once_and_keeps_the_worker(server, channel, test_split, bad_inputs):
+def test_odd_but_valid_images_get_the_rest_answers(server, channel, test_split):
+    for data in bad_inputs.accepted_bodies(test_split[0][3]).values():
+        answer = grpc_client.predict(channel, server.inference_token, "digits", None, data, TIMEOUT)
+        assert_same_answer(answer, rest_predict(server, data).json())
+
+
+def test_unknown_rpc_is_unimplemented(server, channel):
+    """gRPC's "wrong method": an RPC the service does not define."""
+    missing = channel.unary_unary("/org.pytorch.serve.grpc.inference.InferenceAPIsService/Classify")
+    with pytest.raises(grpc.RpcError) as refused:
+        missing(b"", metadata=grpc_client.auth_metadata(server.inference_token), timeout=TIMEOUT)
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_stream_predictions2_is_refused_and_the_worker_survives(server, channel, test_split):
+    """StreamPredictions2 is for stateful (sequence-batched) models; this model is not one. TorchServe refuses it:
+    without a sequence id each message gets an error status; with one the call fails (the frontend logs an
+    IllegalStateException). Either way no worker restarts and the next prediction is right."""
+    pids = sorted(server.worker_pids("digits"))
+    stub = inference_pb2_grpc.InferenceAPIsServiceStub(channel)
+    metadata = grpc_client.auth_metadata(server.inference_token)
+    request = grpc_client.prediction_request("digits", None, png_bytes(test_split[0][7]))
+    answers = list(stub.StreamPredictions2(iter([request, request]), metadata=metadata, timeout=TIMEOUT))
+    assert len(answers) == 2
+    assert all(answer.status.code != 0 and "sequenceId is required" in answer.status.message for answer in answers)
+    request.sequence_id = "seq-1"
+    with pytest.raises(grpc.RpcError):
+        list(stub.StreamPredictions2(iter([request]), metadata=metadata, timeout=TIMEOUT))
+    after = grpc_client.predict(channel, server.inference_token, "digits", None, png_bytes(test_split[0][7]), TIMEOUT)
+    assert after["label"] == str(test_split[1][7])
+    assert sorted(server.worker_pids("digits")) == pids
+
+
+def test_stream_predictions_answers_once_and_keeps_the_worker(server, channel, test_split):
     """Without the handler's ts_stream_next header, TorchServe 0.12.0 restarts the worker on StreamPredictions."""
     pids = sorted(server.worker_pids("digits"))
     for image in test_split[0][:5]:
@@ -120,7 +142,7 @@ def test_stream_predictions_answers_once_and_keeps_the_worker(server, channel, t
         messages = list(grpc_client.stream(channel, server.inference_token, "digits", None, data, TIMEOUT))
         assert len(messages) == 1
         assert_same_answer(messages[0], grpc_client.predict(channel, server.inference_token, "digits", None, data, TIMEOUT))
-    messages = list(grpc_client.stream(channel, server.inference_token, "digits", None, bad_inputs["text"], TIMEOUT))
+    messages = list(grpc_client.stream(channel, server.inference_token, "digits", None, b"seven", TIMEOUT))
     assert len(messages) == 1 and messages[0]["code"] == 400
     assert sorted(server.worker_pids("digits")) == pids
     assert "Backend worker thread exception" not in (server.workdir / "logs" / "ts_log.log").read_text()
