@@ -118,7 +118,9 @@ class Server:
         return pids
 
 
-def start_server(store: Path, workdir: Path, models: str, timeout: float = 180, extra_env: dict | None = None) -> Server:
+def start_server(store: Path, workdir: Path, models: str, timeout: float = 180, extra_env: dict | None = None,
+                 config: Path = ROOT / "config.properties") -> Server:
+    """TorchServe with `config` (the shipped config.properties by default), its listeners moved to free ports."""
     ports = free_ports(5)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "tmp").mkdir(exist_ok=True)
@@ -139,10 +141,10 @@ def start_server(store: Path, workdir: Path, models: str, timeout: float = 180, 
         "TS_LOAD_MODELS": models,
         **(extra_env or {}),
     })
-    endpoints = Endpoints.from_config(ROOT / "config.properties", workdir / "key_file.json", environ=env)
+    endpoints = Endpoints.from_config(config, workdir / "key_file.json", environ=env)
     console = open(workdir / "console.log", "wb")
     process = subprocess.Popen(
-        [str(BIN / "torchserve"), "--start", "--foreground", "--ncs", "--ts-config", str(ROOT / "config.properties"),
+        [str(BIN / "torchserve"), "--start", "--foreground", "--ncs", "--ts-config", str(config),
          "--model-store", str(store), "--log-config", str(ROOT / "log4j2.xml")],
         cwd=workdir, env=env, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )

@@ -175,13 +175,6 @@ def test_describe_shows_the_shipped_model_config(server):
     assert len(description["workers"]) == shipped["minWorkers"]
 
 
-def test_listeners_are_on_loopback_only(server):
-    frontend = psutil.Process(server.frontend_pid())
-    listening = [conn.laddr for conn in frontend.net_connections(kind="inet") if conn.status == psutil.CONN_LISTEN]
-    assert len(listening) >= 5
-    assert all(address.ip in ("127.0.0.1", "::ffff:127.0.0.1") for address in listening), listening
-
-
 def test_a_second_server_runs_beside_and_stops_cleanly(model_store, workdir_factory, server, test_split):
     """Start another TorchServe beside the session one, use it, stop it: no process or port left behind."""
     other = start_server(model_store, workdir_factory(), "digits.mar")
