@@ -2,6 +2,8 @@
 
     python scripts/benchmark.py                     # full run (a few minutes): the README's performance table
     python scripts/benchmark.py --quick             # under a minute: proves the benchmark works
+    python scripts/benchmark.py --only soak         # only the soak: >= 50,000 checked requests at concurrency 32
+    python scripts/benchmark.py --only recovery     # only the kill -9 recovery measurement
     python scripts/benchmark.py --url http://127.0.0.1:8080 --key-file key_file.json   # a running server
 
 It starts its own TorchServe (free ports, own temp dir, token auth on, scripts/local_server.py) from
@@ -12,7 +14,12 @@ one thread, keep-alive connections, on this same machine:
   * multi-image requests (a .npy of 64 frames per request): images/s;
   * the raw in-process ceiling: the worker's model (same TorchScript optimisation, same torch threads), batched
     forward at batch 64, in as many processes as TorchServe has workers; and the per-image preprocessing cost;
-  * worker and frontend RSS after warm-up and at the end (the full run sends >= 100,000 requests first).
+  * a soak: at least 50,000 single-image requests at concurrency 32 (quick: 2,000), every answer checked (200 and
+    the right digit); errors, wrong answers and the RSS of every process before and after it;
+  * worker and frontend RSS after warm-up and at the end (the full run sends >= 100,000 requests first);
+  * recovery: kill -9 one worker under load (wrk at concurrency 8), 5 times (quick: once): seconds until TorchServe
+    has replaced it (describe shows every worker READY again), and the requests that failed meanwhile. Only with
+    the benchmark's own server: it never kills the workers of a server given with --url.
 
 With --profile it also samples one worker with py-spy during the concurrency-64 run and reports where its time
 goes (the share of samples inside each function): the "what limits it" of the README comes from there.
@@ -50,6 +57,11 @@ DURATIONS = {"full": {"warmup": 5, "single": 15, "multi": 10, "raw": 5}, "quick"
                                                                                      "multi": 2, "raw": 1}}
 CONCURRENCY = (1, 16, 64)
 MULTI_CONCURRENCY = 4
+SOAK_REQUESTS = {"full": 50_000, "quick": 2_000}
+SOAK_CONCURRENCY = 32
+KILLS = {"full": 5, "quick": 1}
+RECOVERY_CONCURRENCY = 8
+RECOVERY_LOAD_SECONDS = 20  # wrk's run around each kill: 2 s before it, the rest while the worker is replaced
 
 
 # ---------------------------------------------------------------- inputs
@@ -128,15 +140,60 @@ def preprocessing_cost(png: bytes, npy: bytes, resolution: int, repeat: int) -> 
 # ---------------------------------------------------------------- load
 
 
-def run_wrk(url: str, body: Path, token: str, content_type: str, concurrency: int, seconds: float) -> dict:
-    """One wrk run; its JSON summary plus requests/s and error total."""
+def run_wrk(url: str, body: Path, token: str, content_type: str, concurrency: int, seconds: float,
+            label: int | None = None) -> dict:
+    """One wrk run; its JSON summary plus requests/s and error total. With `label`, every answer is checked:
+    wrong_answers counts those that are not a 200 naming that digit."""
     command = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
                "-s", str(WRK_SCRIPT), url, "--", str(body), token, content_type]
+    if label is not None:
+        command.append(str(label))
     output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
     summary = json.loads(output.strip().splitlines()[-1])
     summary["requests_per_s"] = summary["requests"] / (summary["duration_us"] / 1e6)
     summary["error_count"] = sum(summary["errors"].values())
     return summary
+
+
+def soak(url: str, body: Path, token: str, label: int, requests: int, rate: float) -> dict:
+    """At least `requests` requests at concurrency 32, every answer checked. wrk runs for a duration, not a count:
+    the first run is sized from `rate` (requests/s) with 10% to spare, and a short one follows if it fell short."""
+    runs = []
+    while (done := sum(run["requests"] for run in runs)) < requests:
+        seconds = (requests - done) / max(rate, 50.0) * 1.1 + 1
+        print(f"soak: {done} requests so far, {seconds:.0f} s more at concurrency {SOAK_CONCURRENCY} ...", flush=True)
+        runs.append(run_wrk(url, body, token, "image/png", SOAK_CONCURRENCY, seconds, label))
+        rate = runs[-1]["requests_per_s"]
+    seconds = sum(run["duration_us"] for run in runs) / 1e6
+    return {"requests": done, "concurrency": SOAK_CONCURRENCY, "wrk_runs": len(runs), "seconds": seconds,
+            "requests_per_s": done / seconds, "errors": sum(run["error_count"] for run in runs),
+            "wrong_answers": sum(run["wrong_answers"] for run in runs),
+            "p99_us": max(run["latency_us"]["p99"] for run in runs),
+            "max_latency_us": max(run["latency_us"]["max"] for run in runs)}
+
+
+def recovery(server, model: str, url: str, body: Path, token: str, kills: int) -> dict:
+    """kill -9 a worker under wrk load, `kills` times: seconds until TorchServe has replaced it, requests lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    seconds, failed, slowest = [], {}, 0
+    for kill in range(kills):
+        with ThreadPoolExecutor(1) as pool:
+            load = pool.submit(run_wrk, url, body, token, "image/png", RECOVERY_CONCURRENCY, RECOVERY_LOAD_SECONDS)
+            time.sleep(2)
+            _, took = server.kill_a_worker(model, timeout=60)
+            print(f"recovery {kill + 1}/{kills}: worker replaced "
+                  + (f"{took:.1f} s after kill -9" if took is not None else "not within 60 s"), flush=True)
+            run = load.result()
+        if took is None:
+            raise RuntimeError("TorchServe did not replace a killed worker within 60 s")
+        seconds.append(took)
+        for kind, count in run["errors"].items():  # wrk: connect/read/write errors, status >= 400, timeouts
+            failed[kind] = failed.get(kind, 0) + count
+        slowest = max(slowest, run["latency_us"]["max"])
+    return {"kills": kills, "seconds": seconds, "median_s": statistics.median(seconds), "max_s": max(seconds),
+            "failed_requests": sum(failed.values()), "failures_by_kind": failed, "concurrency": RECOVERY_CONCURRENCY,
+            "max_latency_us": slowest}
 
 
 def function_of(frame: str) -> str:
@@ -182,26 +239,50 @@ def server_pids(management: str, token: str, model: str, frontend: int | None) -
 
 
 def print_table(results: dict) -> None:
-    print(f"\n{'setting':<28} {'req/s':>8} {'images/s':>9} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'errors':>6}")
+    if results["runs"]:
+        print(f"\n{'setting':<28} {'req/s':>8} {'images/s':>9} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'errors':>6}")
     for run in results["runs"]:
         latency = run["latency_us"]
         print(f"{run['name']:<28} {run['requests_per_s']:>8.0f} {run['images_per_s']:>9.0f} "
               f"{latency['p50'] / 1e3:>7.2f} {latency['p90'] / 1e3:>7.2f} {latency['p99'] / 1e3:>7.2f} "
               f"{run['error_count']:>6}")
     raw = results["raw"]
-    print(f"\nraw in-process ceiling: {raw['images_per_s']:.0f} images/s (batch {raw['batch']}, "
-          f"{raw['processes']} processes x {raw['threads']} thread)")
-    print(f"preprocessing per image: PNG {raw['preprocessing']['png_us']:.0f} us, "
-          f".npy frame {raw['preprocessing']['npy_frame_us']:.0f} us")
-    multi = [run for run in results["runs"] if run["images_per_request"] > 1]
-    if multi:
-        print(f"multi-image requests: {multi[0]['images_per_s']:.0f} images/s = "
-              f"{multi[0]['images_per_s'] / raw['images_per_s']:.0%} of the raw ceiling")
+    if raw:
+        print(f"\nraw in-process ceiling: {raw['images_per_s']:.0f} images/s (batch {raw['batch']}, "
+              f"{raw['processes']} processes x {raw['threads']} thread)")
+        print(f"preprocessing per image: PNG {raw['preprocessing']['png_us']:.0f} us, "
+              f".npy frame {raw['preprocessing']['npy_frame_us']:.0f} us")
+        multi = [run for run in results["runs"] if run["images_per_request"] > 1]
+        if multi:
+            print(f"multi-image requests: {multi[0]['images_per_s']:.0f} images/s = "
+                  f"{multi[0]['images_per_s'] / raw['images_per_s']:.0%} of the raw ceiling")
+    soaked = results["soak"]
+    if soaked:
+        print(f"\nsoak: {soaked['requests']} requests at concurrency {soaked['concurrency']} "
+              f"in {soaked['seconds']:.0f} s "
+              f"({soaked['requests_per_s']:.0f} req/s, p99 {soaked['p99_us'] / 1e3:.1f} ms, "
+              f"max {soaked['max_latency_us'] / 1e3:.0f} ms): {soaked['errors']} errors, "
+              f"{soaked['wrong_answers']} wrong answers")
+        for name, before in soaked["rss_before_mib"].items():
+            after = soaked["rss_after_mib"].get(name, float("nan"))
+            print(f"  RSS {name:<14} {before:7.1f} -> {after:7.1f} MiB ({(after - before) / before:+.1%})")
+    recovered = results["recovery"]
+    if recovered:
+        print(f"\nkill -9 of a worker under load (concurrency {recovered['concurrency']}), {recovered['kills']} times: "
+              f"replaced after median {recovered['median_s']:.1f} s, max {recovered['max_s']:.1f} s; "
+              f"{recovered['failed_requests']} requests failed "
+              f"({', '.join(f'{kind} {count}' for kind, count in recovered['failures_by_kind'].items() if count)}); "
+              f"slowest answer {recovered['max_latency_us'] / 1e3:.0f} ms")
     memory = results["memory"]
+    print()
     for name, before in memory["after_warmup_mib"].items():
         after = memory["at_end_mib"].get(name, float("nan"))
         print(f"RSS {name:<14} {before:7.1f} MiB after warm-up, {after:7.1f} MiB after "
               f"{memory['requests']} requests ({(after - before) / before:+.1%})")
+    if results["profile_worker_at_c64"]:
+        print("\none worker at concurrency 64 (py-spy, share of samples inside each function):")
+        for entry in results["profile_worker_at_c64"][:18]:
+            print(f"  {entry['share']:6.1%}  {entry['function']}")
 
 
 def plot(results: dict, path: Path) -> None:
@@ -235,6 +316,8 @@ def plot(results: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run of every step, under a minute")
+    parser.add_argument("--only", choices=("soak", "recovery"), default=None,
+                        help="after the warm-up, run only this part (default: everything)")
     parser.add_argument("--archive", type=Path, default=ROOT / "model_store" / "digits.mar",
                         help="the .mar to serve (ignored with --url)")
     parser.add_argument("--url", default=None, help="inference address of a running TorchServe (default: start one)")
@@ -242,17 +325,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key-file", type=Path, default=ROOT / "key_file.json", help="its token file (with --url)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model name")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "artifacts" / "bench")
-    parser.add_argument("--seconds", type=float, default=None, help="seconds per load setting (default: 15, quick 2)")
+    full, quick = DURATIONS["full"]["single"], DURATIONS["quick"]["single"]
+    parser.add_argument("--seconds", type=float, default=None,
+                        help=f"seconds per load setting (default: {full}, quick {quick})")
+    parser.add_argument("--soak", type=int, default=None, metavar="N",
+                        help="requests in the soak (default: {full}, quick {quick}; 0 skips it)".format(**SOAK_REQUESTS))
+    parser.add_argument("--kills", type=int, default=None, metavar="N",
+                        help="workers killed in the recovery measurement (default: {full}, quick {quick}; "
+                             "0 skips it)".format(**KILLS))
     parser.add_argument("--profile", action="store_true", help="sample a worker with py-spy at concurrency 64")
     args = parser.parse_args(argv)
-    durations = dict(DURATIONS["quick" if args.quick else "full"])
+    mode = "quick" if args.quick else "full"
+    durations = dict(DURATIONS[mode])
     if args.seconds:
         durations["single"] = durations["multi"] = args.seconds
+    soak_requests = SOAK_REQUESTS[mode] if args.soak is None else args.soak
+    kills = KILLS[mode] if args.kills is None else args.kills
     if not shutil.which("wrk"):
         print("benchmark.py: wrk not found; `make bench` installs it (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
     if args.url is None and not args.archive.is_file():
         print(f"benchmark.py: {args.archive} not found; run `make package` first", file=sys.stderr)
+        return 2
+    if args.url is not None and args.only == "recovery":
+        print("benchmark.py: the recovery measurement kills workers: only with the benchmark's own server (no --url)",
+              file=sys.stderr)
         return 2
     args.output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -261,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="ts-bench-"))
     server = None
     try:
-        png, npy, _ = sample_inputs(IMAGES_PER_REQUEST)
+        png, npy, labels = sample_inputs(IMAGES_PER_REQUEST)
         (work / "digit.png").write_bytes(png)
         (work / "digits.npy").write_bytes(npy)
         if args.url is None:
@@ -280,60 +377,52 @@ def main(argv: list[str] | None = None) -> int:
         workers = sum(name.startswith("worker") for name in pids)
 
         print(f"warm-up {durations['warmup']} s ...", flush=True)
-        total = run_wrk(url, work / "digit.png", token, "image/png", 16, durations["warmup"])["requests"]
+        warmup = run_wrk(url, work / "digit.png", token, "image/png", 16, durations["warmup"])
+        total, rate = warmup["requests"], warmup["requests_per_s"]
         memory_warm = resident_memory(pids)
 
         runs, profile = [], []
-        for concurrency in CONCURRENCY:
-            print(f"PNG, concurrency {concurrency}, {durations['single']} s ...", flush=True)
-            if args.profile and concurrency == 64:
-                from concurrent.futures import ThreadPoolExecutor
+        if args.only is None:
+            runs, profile = load_settings(url, work, token, durations, pids, args)
+            total += sum(run["requests"] for run in runs)
+            rate = runs[2]["requests_per_s"]
 
-                worker = next(pid for name, pid in pids.items() if name.startswith("worker"))
-                with ThreadPoolExecutor(1) as pool:
-                    sampling = pool.submit(profile_worker, worker, durations["single"] - 2, work / "profile.txt")
-                    run = run_wrk(url, work / "digit.png", token, "image/png", concurrency, durations["single"])
-                    profile = sampling.result()
-                shutil.copy(work / "profile.txt", args.output_dir / "profile.txt")
-            else:
-                run = run_wrk(url, work / "digit.png", token, "image/png", concurrency, durations["single"])
-            runs.append({"name": f"PNG, 1 image, c={concurrency}", "concurrency": concurrency,
-                         "images_per_request": 1, "images_per_s": run["requests_per_s"], **run})
-            total += run["requests"]
-        print(f".npy of {IMAGES_PER_REQUEST}, concurrency {MULTI_CONCURRENCY}, {durations['multi']} s ...", flush=True)
-        run = run_wrk(url, work / "digits.npy", token, "application/octet-stream", MULTI_CONCURRENCY,
-                      durations["multi"])
-        runs.append({"name": f".npy, {IMAGES_PER_REQUEST} images, c={MULTI_CONCURRENCY}",
-                     "concurrency": MULTI_CONCURRENCY, "images_per_request": IMAGES_PER_REQUEST,
-                     "images_per_s": run["requests_per_s"] * IMAGES_PER_REQUEST, **run})
-        total += run["requests"]
-
-        soak_errors = 0
-        if not args.quick:
-            rate = max(runs[2]["requests_per_s"], 100.0)
-            while total < MEMORY_REQUESTS:
-                seconds = min(120.0, (MEMORY_REQUESTS - total) / rate + 1)
-                print(f"memory soak: {total} requests so far, {seconds:.0f} s more at concurrency 64 ...", flush=True)
-                run = run_wrk(url, work / "digit.png", token, "image/png", 64, seconds)
-                total += run["requests"]
-                soak_errors += run["error_count"]
+        soaked = None
+        if soak_requests > 0 and args.only in (None, "soak"):
+            if mode == "full" and args.only is None:  # the memory reading comes after >= 100,000 requests
+                soak_requests = max(soak_requests, MEMORY_REQUESTS - total)
+            before = resident_memory(pids)
+            soaked = soak(url, work / "digit.png", token, labels[0], soak_requests, rate)
+            soaked["rss_before_mib"], soaked["rss_after_mib"] = before, resident_memory(pids)
+            total += soaked["requests"]
         memory_end = resident_memory(pids)
 
-        print(f"raw in-process ceiling, {durations['raw']} s ...", flush=True)
-        with tempfile.TemporaryDirectory() as unpacked:
-            weights = extract_weights(args.archive if args.url is None else ROOT / "model_store" / "digits.mar",
-                                      Path(unpacked))
-            raw_rate = raw_throughput(weights, workers, 1, durations["raw"])
-            resolution = weights_resolution(weights)
+        recovered = None
+        if kills > 0 and args.only in (None, "recovery"):
+            if server is None:
+                print("recovery: skipped (it kills workers: only with the benchmark's own server)", flush=True)
+            else:
+                recovered = recovery(server, args.model, url, work / "digit.png", token, kills)
+
+        raw = None
+        if args.only is None:
+            print(f"raw in-process ceiling, {durations['raw']} s ...", flush=True)
+            with tempfile.TemporaryDirectory() as unpacked:
+                weights = extract_weights(args.archive if args.url is None else ROOT / "model_store" / "digits.mar",
+                                          Path(unpacked))
+                raw = {"images_per_s": raw_throughput(weights, workers, 1, durations["raw"]), "batch": RAW_BATCH,
+                       "processes": workers, "threads": 1,
+                       "preprocessing": preprocessing_cost(png, npy, weights_resolution(weights),
+                                                           30 if args.quick else 200)}
         results = {
             "machine": {"cpus": os.cpu_count(), "torch_threads_per_worker": 1, "workers": workers},
             "runs": runs,
-            "raw": {"images_per_s": raw_rate, "batch": RAW_BATCH, "processes": workers, "threads": 1,
-                    "preprocessing": preprocessing_cost(png, npy, resolution, 30 if args.quick else 200)},
+            "raw": raw,
             "profile_worker_at_c64": profile,
-            "memory": {"after_warmup_mib": memory_warm, "at_end_mib": memory_end, "requests": total,
-                       "soak_errors": soak_errors},
-            "command": "python scripts/benchmark.py" + (" --quick" if args.quick else ""),
+            "soak": soaked,
+            "recovery": recovered,
+            "memory": {"after_warmup_mib": memory_warm, "at_end_mib": memory_end, "requests": total},
+            "command": "python scripts/benchmark.py" + "".join(f" {arg}" for arg in (argv or sys.argv[1:])),
         }
     finally:
         if server is not None:
@@ -341,14 +430,38 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     (args.output_dir / "results.json").write_text(json.dumps(results, indent=2))
-    plot(results, args.output_dir / "latency.png")
+    if runs:
+        plot(results, args.output_dir / "latency.png")
     print_table(results)
-    if results["profile_worker_at_c64"]:
-        print("\none worker at concurrency 64 (py-spy, share of samples inside each function):")
-        for entry in results["profile_worker_at_c64"][:18]:
-            print(f"  {entry['share']:6.1%}  {entry['function']}")
-    print(f"\nwrote {args.output_dir / 'results.json'} and {args.output_dir / 'latency.png'}")
-    return 0
+    print(f"\nwrote {args.output_dir / 'results.json'}" + (f" and {args.output_dir / 'latency.png'}" if runs else ""))
+    failed = soaked is not None and (soaked["errors"] or soaked["wrong_answers"])
+    return 1 if failed else 0
+
+
+def load_settings(url: str, work: Path, token: str, durations: dict, pids: dict, args) -> tuple[list, list]:
+    """Single-image PNG requests at each concurrency (py-spy on one worker at 64 with --profile), then .npy."""
+    runs, profile = [], []
+    for concurrency in CONCURRENCY:
+        print(f"PNG, concurrency {concurrency}, {durations['single']} s ...", flush=True)
+        if args.profile and concurrency == 64:
+            from concurrent.futures import ThreadPoolExecutor
+
+            worker = next(pid for name, pid in pids.items() if name.startswith("worker"))
+            with ThreadPoolExecutor(1) as pool:
+                sampling = pool.submit(profile_worker, worker, durations["single"] - 2, work / "profile.txt")
+                run = run_wrk(url, work / "digit.png", token, "image/png", concurrency, durations["single"])
+                profile = sampling.result()
+            shutil.copy(work / "profile.txt", args.output_dir / "profile.txt")
+        else:
+            run = run_wrk(url, work / "digit.png", token, "image/png", concurrency, durations["single"])
+        runs.append({"name": f"PNG, 1 image, c={concurrency}", "concurrency": concurrency,
+                     "images_per_request": 1, "images_per_s": run["requests_per_s"], **run})
+    print(f".npy of {IMAGES_PER_REQUEST}, concurrency {MULTI_CONCURRENCY}, {durations['multi']} s ...", flush=True)
+    run = run_wrk(url, work / "digits.npy", token, "application/octet-stream", MULTI_CONCURRENCY, durations["multi"])
+    runs.append({"name": f".npy, {IMAGES_PER_REQUEST} images, c={MULTI_CONCURRENCY}",
+                 "concurrency": MULTI_CONCURRENCY, "images_per_request": IMAGES_PER_REQUEST,
+                 "images_per_s": run["requests_per_s"] * IMAGES_PER_REQUEST, **run})
+    return runs, profile
 
 
 def extract_weights(archive: Path, directory: Path) -> Path:

@@ -83,6 +83,24 @@ class Server:
     def frontend_pid(self) -> int:
         return int((self.workdir / "tmp" / ".model_server.pid").read_text())
 
+    def kill_a_worker(self, model: str, timeout: float = 60) -> tuple[int, float | None]:
+        """kill -9 one of the model's workers. Returns its pid and the seconds until TorchServe has replaced it
+        (describe shows as many READY workers as before, the killed pid not among them); None if not in time."""
+        workers = self.describe(model)[0]["workers"]
+        victim = int(workers[0]["pid"])
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        while time.monotonic() - killed_at < timeout:
+            try:
+                ready = {int(worker["pid"]) for worker in self.describe(model)[0]["workers"]
+                         if worker["status"] == "READY"}
+            except requests.RequestException:
+                ready = set()
+            if len(ready) >= len(workers) and victim not in ready:
+                return victim, time.monotonic() - killed_at
+            time.sleep(0.1)
+        return victim, None
+
     def log_tail(self, lines: int = 40) -> str:
         text = []
         for name in ("console.log", "logs/ts_log.log", "logs/model_log.log"):

@@ -134,7 +134,8 @@ def test_good_and_bad_requests_in_one_batch(server, test_split):
 def test_unknown_model_is_404_naming_it(server, test_split):
     response = predict(server, png_bytes(test_split[0][0]), model="no-such-model")
     assert response.status_code == 404
-    assert response.json() == {"code": 404, "type": "ModelNotFoundException", "message": "Model not found: no-such-model"}
+    assert response.json() == {"code": 404, "type": "ModelNotFoundException",
+                               "message": "Model not found: no-such-model"}
 
 
 def test_wrong_http_methods(server, test_split):
