@@ -164,6 +164,8 @@ def soak(url: str, body: Path, token: str, label: int, requests: int, rate: floa
         print(f"soak: {done} requests so far, {seconds:.0f} s more at concurrency {SOAK_CONCURRENCY} ...", flush=True)
         runs.append(run_wrk(url, body, token, "image/png", SOAK_CONCURRENCY, seconds, label))
         rate = runs[-1]["requests_per_s"]
+        if not runs[-1]["requests"]:  # nothing answered: the server is gone; report what was reached
+            break
     seconds = sum(run["duration_us"] for run in runs) / 1e6
     return {"requests": done, "concurrency": SOAK_CONCURRENCY, "wrk_runs": len(runs), "seconds": seconds,
             "requests_per_s": done / seconds, "errors": sum(run["error_count"] for run in runs),
@@ -329,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None,
                         help=f"seconds per load setting (default: {full}, quick {quick})")
     parser.add_argument("--soak", type=int, default=None, metavar="N",
-                        help="requests in the soak (default: {full}, quick {quick}; 0 skips it)".format(**SOAK_REQUESTS))
+                        help="requests in the soak (default: {full}, quick {quick}; "
+                             "0 skips it)".format(**SOAK_REQUESTS))
     parser.add_argument("--kills", type=int, default=None, metavar="N",
                         help="workers killed in the recovery measurement (default: {full}, quick {quick}; "
                              "0 skips it)".format(**KILLS))
@@ -434,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         plot(results, args.output_dir / "latency.png")
     print_table(results)
     print(f"\nwrote {args.output_dir / 'results.json'}" + (f" and {args.output_dir / 'latency.png'}" if runs else ""))
-    failed = soaked is not None and (soaked["errors"] or soaked["wrong_answers"])
+    failed = soaked is not None and (soaked["errors"] or soaked["wrong_answers"] or soaked["requests"] < soak_requests)
     return 1 if failed else 0
 
 

@@ -175,6 +175,7 @@ def test_a_killed_worker_is_replaced_and_only_its_requests_fail(model_store, wor
         victim, recovery = server.kill_a_worker("digits", timeout=60)
         time.sleep(1.5)
         pids_after = server.worker_pids("digits")
+        ping = requests.get(f"{server.endpoints.inference}/ping", headers=server.auth(), timeout=10)
     finally:
         stop.set()
         for thread in threads:
@@ -183,6 +184,7 @@ def test_a_killed_worker_is_replaced_and_only_its_requests_fail(model_store, wor
     assert recovery is not None, "no replacement worker within 60 s"
     print(f"worker replaced {recovery:.1f} s after kill -9")
     assert recovery < 30 and victim not in pids_after and len(pids_after) == 2
+    assert ping.status_code == 200 and ping.json()["status"] == "Healthy"
     after = [outcome for started, outcome, _ in outcomes if started > killed_at + recovery]
     assert after and set(after) == {"right"}
     failures = [(round(started - killed_at, 2), outcome, round(seconds, 1))
