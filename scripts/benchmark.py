@@ -155,12 +155,13 @@ def run_wrk(url: str, body: Path, token: str, content_type: str, concurrency: in
     return summary
 
 
-def soak(url: str, body: Path, token: str, label: int, requests: int, rate: float) -> dict:
+def soak(url: str, body: Path, token: str, label: int, requests: int, rate: float | None) -> dict:
     """At least `requests` requests at concurrency 32, every answer checked. wrk runs for a duration, not a count:
-    the first run is sized from `rate` (requests/s) with 10% to spare, and a short one follows if it fell short."""
+    a run is sized from `rate` (requests/s) with 10% to spare, and a short one follows if it fell short. Without a
+    rate (no concurrency-64 run before it), a 3 s run measures one first."""
     runs = []
     while (done := sum(run["requests"] for run in runs)) < requests:
-        seconds = (requests - done) / max(rate, 50.0) * 1.1 + 1
+        seconds = 3 if rate is None else (requests - done) / max(rate, 50.0) * 1.1 + 1
         print(f"soak: {done} requests so far, {seconds:.0f} s more at concurrency {SOAK_CONCURRENCY} ...", flush=True)
         runs.append(run_wrk(url, body, token, "image/png", SOAK_CONCURRENCY, seconds, label))
         rate = runs[-1]["requests_per_s"]
@@ -380,8 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         workers = sum(name.startswith("worker") for name in pids)
 
         print(f"warm-up {durations['warmup']} s ...", flush=True)
-        warmup = run_wrk(url, work / "digit.png", token, "image/png", 16, durations["warmup"])
-        total, rate = warmup["requests"], warmup["requests_per_s"]
+        total = run_wrk(url, work / "digit.png", token, "image/png", 16, durations["warmup"])["requests"]
+        rate = None  # the soak's first estimate: the concurrency-64 run's (the warm-up's rate is still climbing)
         memory_warm = resident_memory(pids)
 
         runs, profile = [], []
