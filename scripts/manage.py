@@ -3,7 +3,7 @@
     python scripts/manage.py list                         # models, their versions, the default
     python scripts/manage.py describe                     # workers (status, pid, memory), batching, queue
     python scripts/manage.py describe --all               # every version
-    python scripts/manage.py scale --min 3 --max 3        # synchronous: returns when the workers are up
+    python scripts/manage.py scale --min 3 --max 3        # returns when describe shows the workers READY
     python scripts/manage.py set-default 2.0              # /predictions/digits now answers with 2.0
     python scripts/manage.py register digits_v2.mar       # needs the model API (off here: see README)
     python scripts/manage.py unregister --version 2.0     # idem
@@ -97,7 +97,9 @@ class RestManagement:
         return self.call("GET", version_path(model, version))
 
     def scale(self, model: str, version: str | None, min_workers: int, max_workers: int, timeout: float) -> str:
-        query = {"min_worker": min_workers, "max_worker": max_workers, "synchronous": "true"}
+        # Not synchronous=true: TorchServe 0.12.0 then blocks the Netty I/O thread that carries the call until
+        # the new workers are up, and the inference connections served by that thread stall as long (seconds).
+        query = {"min_worker": min_workers, "max_worker": max_workers, "synchronous": "false"}
         return self.call("PUT", version_path(model, version), query, timeout=timeout).get("status", "")
 
     def set_default(self, model: str, version: str) -> str:
@@ -147,7 +149,7 @@ class GrpcManagement:
 
     def scale(self, model: str, version: str | None, min_workers: int, max_workers: int, timeout: float) -> str:
         request = management_pb2.ScaleWorkerRequest(model_name=model, model_version=version or "",
-                                                    min_worker=min_workers, max_worker=max_workers, synchronous=True)
+                                                    min_worker=min_workers, max_worker=max_workers, synchronous=False)
         return self.call(self.stub.ScaleWorker, request, timeout=timeout)
 
     def set_default(self, model: str, version: str) -> str:
@@ -240,7 +242,7 @@ def run(api, args) -> int:
             if error.status < 500 or error.kind == TOKEN_ERROR_TYPE:
                 raise
             print(f"manage.py: the server answered {error}; checking the workers", file=sys.stderr)
-        # TorchServe's synchronous scale can return while a new worker is still loading: wait for describe.
+        # The scale call only starts the change (see RestManagement.scale): describe shows when it is done.
         while True:
             counts = worker_counts(api.describe(args.model, args.version))
             settled = all(ready >= args.min and total <= args.max for ready, total in counts.values())
