@@ -20,7 +20,7 @@ venv: $(VENV)/.installed  ## create .venv and install requirements.txt
 artifacts/digit_cnn.pt: $(VENV)/.installed
 	$(PY) train.py
 
-train: $(VENV)/.installed  ## train on scikit-learn's digits -> artifacts/
+train: $(VENV)/.installed  ## train on 5,000 real MNIST digits (bundled, offline) -> artifacts/
 	$(PY) train.py
 
 model_store/digits.mar: artifacts/digit_cnn.pt scripts/package.sh handler/digit_handler.py handler/model-config.yaml model/*.py

@@ -6,15 +6,17 @@ from torch import nn
 class DigitCNN(nn.Module):
     """LeNet-style CNN on 1x28x28 inputs.
 
-    Two conv blocks (5x5 conv -> BatchNorm -> ReLU -> 2x2 max-pool) take 28x28 to 16 maps of 4x4,
+    Two conv blocks (5x5 conv -> BatchNorm -> ReLU -> 2x2 max-pool) take 28x28 to 32 maps of 4x4,
     then three linear layers classify. Constructor defaults are the shipped architecture; train.py
-    records the arguments beside the weights so the two can never drift apart.
+    records the arguments beside the weights so the two can never drift apart. The conv layers are
+    wider than LeNet-5's (6, 16): on 3,500 real MNIST digits that was worth ~0.3 points of validation
+    accuracy for ~1.2x the inference time (README "Training data").
     """
 
     def __init__(
         self,
         in_channels: int = 1,
-        conv_channels: tuple[int, int] = (6, 16),
+        conv_channels: tuple[int, int] = (16, 32),
         hidden: tuple[int, int] = (120, 84),
         num_classes: int = 10,
         image_size: int = 28,

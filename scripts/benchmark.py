@@ -68,16 +68,16 @@ RECOVERY_LOAD_SECONDS = 20  # wrk's run around each kill: 2 s before it, the res
 
 
 def sample_inputs(count: int) -> tuple[bytes, bytes, list[int]]:
-    """(one 28x28 PNG of a real scan, a .npy of `count` real frames, their labels), from scikit-learn's digits."""
+    """(one 28x28 PNG of a real MNIST digit, a .npy of `count` real digits, their labels), from the default
+    training run's held-out test split: digits the model never trained on."""
     from PIL import Image
-    from sklearn.datasets import load_digits
 
     import train
 
-    digits = load_digits()
-    greys = digits.images[:count].astype(np.float32) / 16.0
-    frames, labels = train.to_frames(greys, digits.target[:count], train.DIGITS_RESOLUTION)
-    pixels = np.rint(frames * 255).astype(np.uint8)
+    defaults = train.build_parser().parse_args([])
+    images, labels = train.builtin_splits(defaults.dataset, (defaults.val_fraction, defaults.test_fraction),
+                                          defaults.seed)["test"]
+    pixels, labels = images[:count], labels[:count]
     png = io.BytesIO()
     Image.fromarray(pixels[0]).save(png, format="PNG")
     npy = io.BytesIO()

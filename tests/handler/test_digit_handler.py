@@ -76,7 +76,7 @@ def test_training_and_serving_produce_the_same_tensor():
 def test_initialize_reads_weights_labels_and_settings(handler):
     assert handler.initialized and handler.device == torch.device("cpu")
     assert handler.labels == preprocessing.DEFAULT_LABELS
-    assert handler.resolution == train.DIGITS_RESOLUTION
+    assert handler.resolution == preprocessing.DIGIT_BOX  # trained on MNIST: served at full resolution
     assert isinstance(handler.model, torch.jit.ScriptModule)  # optimize_for_cpu: frozen, eval-only
 
 

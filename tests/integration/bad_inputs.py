@@ -51,20 +51,24 @@ def refused_bodies(scan: np.ndarray) -> dict[str, bytes]:
 
 
 def accepted_bodies(scan: np.ndarray) -> dict[str, bytes]:
-    """One real scan in the unusual encodings clients send: each must be answered, not refused.
+    """One real digit (8-bit, white on black, 8x8 up to 28x28) in the unusual encodings clients send: each must be
+    answered, not refused.
 
     A 4000x4000 image is under the 4096x4096-pixel limit (preprocessing.MAX_IMAGE_PIXELS): accepted and scaled.
     """
     from PIL import Image
 
-    big = np.kron(scan, np.ones((500, 500), np.uint8))  # 4000 x 4000 pixels
-    image = Image.fromarray(np.kron(scan, np.ones((4, 4), np.uint8)))  # 32 x 32
+    side = scan.shape[0]
+    enlarged = np.kron(scan, np.ones((4000 // side,) * 2, np.uint8))
+    big = np.pad(enlarged, [(0, 4000 - enlarged.shape[0]), (0, 4000 - enlarged.shape[1])])  # 4000 x 4000 pixels
+    small = scan if side >= 28 else np.kron(scan, np.ones((4, 4), np.uint8))  # 28x28 or 32x32
+    image = Image.fromarray(small)
     palette = image.convert("P")
     return {
         "4000x4000 png": png_bytes(big),
         "animated gif": encode(palette, "GIF", save_all=True, append_images=[image.point(lambda v: 255 - v).convert("P")],
                                duration=100),
-        "16-bit png": encode(Image.fromarray(np.kron(scan, np.ones((4, 4), np.uint8)).astype(np.uint16) * 257), "PNG"),
+        "16-bit png": encode(Image.fromarray(small.astype(np.uint16) * 257), "PNG"),
         "cmyk jpeg": encode(image.convert("CMYK"), "JPEG", quality=95),
         "palette png with transparency": encode(palette, "PNG", transparency=0),
     }

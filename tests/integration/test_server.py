@@ -52,7 +52,7 @@ def test_inference_token_does_not_open_the_management_api(server):
 
 
 def test_test_split_accuracy_over_rest_matches_training_metrics(server, test_split, metrics):
-    """All 270 held-out scans, sent as PNGs: the server reproduces train.py's test accuracy exactly."""
+    """All 750 held-out real MNIST digits, sent as PNGs: the server reproduces train.py's test accuracy exactly."""
     images, labels = test_split
     with requests.Session() as session, ThreadPoolExecutor(8) as pool:
         def call(image):
@@ -65,7 +65,7 @@ def test_test_split_accuracy_over_rest_matches_training_metrics(server, test_spl
     predicted = np.array([int(response.json()["label"]) for response in responses])
     accuracy = float((predicted == labels).mean())
     assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-9)
-    assert accuracy >= 0.98
+    assert accuracy >= 0.985
 
 
 def test_json_multipart_and_pixel_requests(server, test_split):
@@ -180,6 +180,9 @@ def test_a_second_server_runs_beside_and_stops_cleanly(model_store, workdir_fact
     """Start another TorchServe beside the session one, use it, stop it: no process or port left behind."""
     other = start_server(model_store, workdir_factory(), "digits.mar")
     try:
+        # start_server returns once every worker is up, not the first one (the gpu_check.sh flake's cause):
+        workers = other.describe("digits")[0]["workers"]
+        assert [worker["status"] for worker in workers] == ["READY", "READY"], workers
         response = predict(other, png_bytes(test_split[0][0]))
         assert response.status_code == 200
         ports = [int(url.rsplit(":", 1)[1]) for url in (other.endpoints.inference, other.endpoints.management)]

@@ -18,9 +18,9 @@ def test_default_architecture_is_the_shipped_one():
     model = DigitCNN()
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(1, 6, (5, 5)), (6, 16, (5, 5))]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(1, 16, (5, 5)), (16, 32, (5, 5))]
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 2
-    assert [(l.in_features, l.out_features) for l in linears] == [(16 * 4 * 4, 120), (120, 84), (84, 10)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(32 * 4 * 4, 120), (120, 84), (84, 10)]
 
 
 def test_model_file_defines_exactly_one_module_for_torchserves_loader():
