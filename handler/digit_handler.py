@@ -310,8 +310,8 @@ class DigitHandler(BaseHandler):
         self.context = context
         self.initialized = True
         logger.info(
-            "digit model loaded on %s (%d classes, torch threads %d, resolution %d, %s, weights sha256 %s)",
-            self.device, len(self.labels), torch.get_num_threads(), self.resolution,
+            "digit model loaded on %s by pid %d (%d classes, torch threads %d, resolution %d, %s, weights sha256 %s)",
+            self.device, os.getpid(), len(self.labels), torch.get_num_threads(), self.resolution,
             "TorchScript optimized" if optimized else "eager", digest[:16],
         )
 

@@ -4,12 +4,14 @@
 #   scripts/gpu_check.sh              # on a CUDA machine: check; without one: say so and exit 0
 #   scripts/gpu_check.sh --cpu        # the same steps with CPU workers (a dry run of this script anywhere)
 #   scripts/gpu_check.sh --artifacts DIR   # train.py's output to package (default: artifacts/)
+#   scripts/gpu_check.sh --archive FILE    # the weights of a built .mar instead (inside the container image:
+#                                          #   --archive /opt/digits/model_store/digits.mar)
 #
 # What it does, in about a minute on a GPU machine: packages artifacts/ (training first if there are no
 # weights) with handler/model-config.yaml plus `deviceType: gpu` and `deviceIds: [0..N-1]`, starts its own
 # TorchServe (free ports, own temp dir, token auth on; never touches a running one), then requires that
 #   1. describe reports deviceType gpu and "gpu": true for every worker,
-#   2. every worker's handler logged "digit model loaded on cuda:<id>",
+#   2. every worker's handler logged "digit model loaded on cuda:<id> by pid <its pid>",
 #   3. nvidia-smi lists every worker's pid as a CUDA process,
 #   4. the sample digits are classified correctly over REST.
 # It stops the server it started (by its own pid file) and removes its temp dir. Exit 0: all held.
@@ -18,15 +20,18 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bin="$root/.venv/bin"
-[ -x "$bin/python" ] || { echo "gpu_check: .venv not found; run 'make venv' first" >&2; exit 1; }
-python="$bin/python"
+[ -x "$bin/python" ] || bin="$(dirname "$(command -v python3 || echo /nonexistent/python3)")"  # the image's venv
+[ -x "$bin/torchserve" ] || { echo "gpu_check: no .venv with torchserve; run 'make venv' first" >&2; exit 1; }
+python="$bin/python3"
 device="gpu"
 artifacts="artifacts"
+archive=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --cpu) device="cpu"; shift ;;
     --artifacts) artifacts="$2"; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --archive) archive="$2"; shift 2 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -39,8 +44,6 @@ if [ "$device" = gpu ]; then
   fi
   echo "gpu_check: $gpus CUDA GPU(s): $(nvidia-smi --query-gpu=name --format=csv,noheader | paste -sd, -)"
 fi
-[ -f "$artifacts/digit_cnn.pt" ] || "$python" train.py --output-dir "$artifacts"
-
 work="$(mktemp -d /tmp/ts-gpu-check-XXXXXX)"  # short: worker sockets live in TMPDIR
 mkdir -p "$work/tmp" "$work/store"
 read -r -a ports <<<"$("$python" -c 'from scripts.local_server import free_ports; print(*free_ports(5))')"
@@ -71,6 +74,31 @@ cleanup() {
 }
 trap cleanup EXIT
 
+if [ -n "$archive" ]; then
+  # The archive's weights and labels, and 20 test digits as samples (no training, nothing written outside $work).
+  artifacts="$work/artifacts"
+  "$python" - "$archive" "$artifacts" <<'PYTHON' || { echo "gpu_check: cannot read $archive" >&2; exit 1; }
+import sys, zipfile
+from pathlib import Path
+
+from PIL import Image
+
+import train
+
+archive, out = sys.argv[1], Path(sys.argv[2])
+(out / "samples").mkdir(parents=True)
+with zipfile.ZipFile(archive) as mar:
+    for name in (train.WEIGHTS_FILE, "index_to_name.json"):
+        (out / name).write_bytes(mar.read(name))
+defaults = train.build_parser().parse_args([])
+images, labels = train.builtin_splits(defaults.dataset, (defaults.val_fraction, defaults.test_fraction),
+                                      defaults.seed)["test"]
+for index in range(20):
+    Image.fromarray(images[index]).save(out / "samples" / f"test{index:05d}_label-{labels[index]}.png")
+PYTHON
+fi
+[ -f "$artifacts/digit_cnn.pt" ] || "$python" train.py --output-dir "$artifacts"
+
 config="$work/model-config.yaml"
 cp handler/model-config.yaml "$config"
 if [ "$device" = gpu ]; then
@@ -96,11 +124,12 @@ failures=0
 fail() { echo "gpu_check: FAIL: $*" >&2; failures=$((failures + 1)); }
 
 describe="$("$python" scripts/manage.py --key-file "$key_file" --json describe)"
-read -r device_type worker_pids gpu_flags <<<"$("$python" -c '
+read -r device_type worker_pids gpu_flags statuses min_workers <<<"$("$python" -c '
 import json, sys
 entry = json.load(sys.stdin)[0]
 workers = entry["workers"]
-print(entry.get("deviceType"), ",".join(str(w["pid"]) for w in workers), ",".join(str(w["gpu"]).lower() for w in workers))
+print(entry.get("deviceType"), ",".join(str(w["pid"]) for w in workers), ",".join(str(w["gpu"]).lower() for w in workers),
+      ",".join(w["status"] for w in workers), entry["minWorkers"])
 ' <<<"$describe")"
 "$python" scripts/manage.py --key-file "$key_file" describe
 want_gpu=$([ "$device" = gpu ] && echo true || echo false)
@@ -108,13 +137,31 @@ want_gpu=$([ "$device" = gpu ] && echo true || echo false)
 for flag in ${gpu_flags//,/ }; do
   [ "$flag" = "$want_gpu" ] || fail "describe says a worker has gpu=$flag, expected $want_gpu"
 done
+ready="$(tr ',' '\n' <<<"$statuses" | grep -c '^READY$' || true)"
+[ "$ready" -ge "$min_workers" ] || fail "describe shows $ready READY workers (statuses $statuses), minWorkers is $min_workers"
 
 expected="$([ "$device" = gpu ] && echo "cuda:" || echo "cpu")"
-loaded="$(grep -c "digit model loaded on $expected" "$work/logs/model_log.log" || true)"
+# Each worker's handler logs "digit model loaded on <device> by pid <pid>" before it reports READY, but that line
+# travels to model_log.log through the frontend's stdout reader and log4j2's async logger, so it can land after
+# describe already shows the worker READY. Wait for one line per worker pid (with a deadline), never count once.
+model_log="$work/logs/model_log.log"
+missing=""
+for _ in $(seq 100); do
+  missing=""
+  for pid in ${worker_pids//,/ }; do
+    grep -q "digit model loaded on $expected[^ ]* by pid $pid " "$model_log" 2>/dev/null || missing="$missing $pid"
+  done
+  [ -z "$missing" ] && break
+  sleep 0.2
+done
 workers="$(tr ',' '\n' <<<"$worker_pids" | grep -c .)"
+loaded=$((workers - $(wc -w <<<"$missing")))
 echo "handler log: $loaded of $workers workers loaded the model on $expected*"
-grep -o "digit model loaded on [^ ]*" "$work/logs/model_log.log" | sort | uniq -c || true
-[ "$loaded" -ge "$workers" ] || fail "only $loaded of $workers workers logged 'digit model loaded on $expected'"
+grep -o "digit model loaded on [^ ]* by pid [0-9]*" "$model_log" 2>/dev/null || true
+if [ -n "$missing" ]; then
+  fail "no 'digit model loaded on $expected' line within 20 s from worker pid(s)$missing; model_log.log had:"
+  grep "digit model loaded" "$model_log" >&2 2>/dev/null || echo "  (no 'digit model loaded' line at all)" >&2
+fi
 
 if [ "$device" = gpu ]; then
   cuda_pids="$(nvidia-smi --query-compute-apps=pid --format=csv,noheader | tr -d ' ')"
@@ -131,10 +178,13 @@ while read -r path label _; do
   [[ "$path" == *"_label-$label.png" ]] && right=$((right + 1))
 done <<<"$answers"
 echo "predictions: $right of $total sample digits right"
-[ "$total" -gt 0 ] && [ $((right * 10)) -ge $((total * 9)) ] || fail "only $right of $total sample digits right"
+if ! { [ "$total" -gt 0 ] && [ $((right * 10)) -ge $((total * 9)) ]; }; then
+  fail "only $right of $total sample digits right; the answers (file, label, probability) were:"
+  echo "$answers" >&2
+fi
 
 if [ "$failures" -gt 0 ]; then
-  echo "gpu_check: $failures check(s) failed (logs were in $work/logs)" >&2
+  echo "gpu_check: $failures check(s) failed; the last lines of model_log.log:" >&2
   tail -n 20 "$work/logs/model_log.log" >&2 || true
   exit 1
 fi

@@ -4,7 +4,7 @@ Shared by the clients, scripts/serve.sh and the tests, so ports, model name and 
 retyped. TorchServe's own rule is followed: with enable_envvars_config=true, a TS_<KEY> environment
 variable overrides <key> in config.properties.
 
-    python scripts/serving.py wait --timeout 120   # block until every version of the model has a ready worker
+    python scripts/serving.py wait --timeout 120   # block until every version of the model has minWorkers READY
     python scripts/serving.py endpoints            # print the endpoints and the token file
     python scripts/serving.py load-models          # load_models, less the archives not in the store
 """
@@ -109,21 +109,29 @@ def http_json(url: str, token: str | None, timeout: float = 5.0, method: str = "
         return status, body.decode("utf-8", "replace")
 
 
-def ready_workers(endpoints: Endpoints, model: str) -> dict[str, int]:
-    """{version: READY workers} for every loaded version of the model, per the management API's describe."""
+def ready_workers(endpoints: Endpoints, model: str) -> dict[str, tuple[int, int]]:
+    """{version: (READY workers, minWorkers)} for every loaded version of the model, per the management API."""
     token = read_token(endpoints.key_file, "management")
     status, body = http_json(f"{endpoints.management}/models/{model}/all", token)
     if status != 200 or not isinstance(body, list):
         return {}
     return {
-        entry.get("modelVersion"): sum(worker.get("status") == "READY" for worker in entry.get("workers", []))
+        entry.get("modelVersion"): (
+            sum(worker.get("status") == "READY" for worker in entry.get("workers", [])),
+            int(entry.get("minWorkers", 1)),
+        )
         for entry in body
     }
 
 
 def wait_until_ready(endpoints: Endpoints, model: str, timeout: float, is_alive=lambda: True) -> None:
-    """Block until every loaded version of the model has a READY worker; TimeoutError (or RuntimeError if the
-    server died) otherwise."""
+    """Block until every loaded version of the model has all its minWorkers READY; TimeoutError (or RuntimeError
+    if the server died) otherwise.
+
+    All of them, not the first: TorchServe starts a model's workers side by side and answers /ping and
+    predictions as soon as one is READY, while the others are still loading ("UNLOADING" in describe). Whatever
+    runs next (a benchmark, a check of every worker's log line) must find the server as configured.
+    """
     deadline = time.monotonic() + timeout
     last_error = "no answer yet"
     while time.monotonic() < deadline:
@@ -132,9 +140,10 @@ def wait_until_ready(endpoints: Endpoints, model: str, timeout: float, is_alive=
         try:
             if endpoints.key_file.exists():
                 ready = ready_workers(endpoints, model)
-                if ready and all(count > 0 for count in ready.values()):
+                if ready and all(count >= max(minimum, 1) for count, minimum in ready.values()):
                     return
-                last_error = f"ready workers per version: {ready}"
+                last_error = "READY/minWorkers per version: " + ", ".join(
+                    f"{version} {count}/{minimum}" for version, (count, minimum) in ready.items())
         except (OSError, KeyError, ValueError, TokenFileError) as error:  # the key file may be half-written
             last_error = str(error)
         time.sleep(0.5)
@@ -159,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TorchServe config.properties")
     parser.add_argument("--key-file", type=Path, default=None, help=f"default: {KEY_FILE_NAME} in the repo root")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model name")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a ready worker")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for minWorkers READY workers")
     parser.add_argument("--pid", type=int, default=None, help="give up early if this process exits")
     args = parser.parse_args(argv)
     if args.command == "load-models":
