@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3.11
 
-.PHONY: help venv train package package-v2 serve stop status predict demo wrk bench gpu-check test clean
+.PHONY: help venv train package package-v2 serve stop status predict demo wrk bench gpu-check docker image test clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -64,6 +64,20 @@ bench: package wrk  ## benchmark TorchServe with wrk against the raw in-process 
 
 gpu-check: $(VENV)/.installed  ## prove the workers run on CUDA (exits 0 with a note where there is no GPU)
 	scripts/gpu_check.sh
+
+# The container image. Its version tag is the one deploy/k8s pins (a test keeps the two equal).
+IMAGE := digits-serve
+IMAGE_VERSION := 1.0.0
+docker:  ## make sure Docker answers: install docker.io and start a daemon (no bridge network) if none runs
+	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null || { echo "installing docker.io debootstrap (apt-get)"; \
+	  $(SUDO) apt-get install -y -q docker.io debootstrap >/dev/null 2>&1 || { $(SUDO) apt-get update -q >/dev/null && \
+	  $(SUDO) apt-get install -y -q docker.io debootstrap >/dev/null; }; }
+	@docker info >/dev/null 2>&1 || { mkdir -p logs; echo "starting dockerd (log: logs/dockerd.log; stop it with: $(SUDO) kill \$$(cat /var/run/docker.pid))"; \
+	  $(SUDO) sh -c 'nohup dockerd --bridge=none --iptables=false --ip-masq=false >logs/dockerd.log 2>&1 &'; \
+	  for i in $$(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done; docker info >/dev/null; }
+
+image: package docker  ## build the image digits-serve:1.0.0 (and :latest) around model_store/digits.mar
+	deploy/docker/build.sh --archive model_store/digits.mar --tag $(IMAGE):$(IMAGE_VERSION) --tag $(IMAGE):latest
 
 test: $(VENV)/.installed wrk  ## unit tests, then integration tests against a real TorchServe
 	$(PY) -m pytest

@@ -180,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         description="Call the running TorchServe over gRPC.", formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TorchServe config.properties")
-    parser.add_argument("--key-file", type=Path, default=None, help=f"token file (default: {KEY_FILE_NAME} in the repo root)")
+    parser.add_argument("--key-file", type=Path, default=None, help=f"TorchServe's key file (default: {KEY_FILE_NAME} in the repo root)")
+    parser.add_argument("--token-file", type=Path, default=None,
+                        help="a file holding the bearer token itself, e.g. the gateway's client credential "
+                        "(instead of TorchServe's inference key from --key-file)")
     parser.add_argument("--target", default=None, help="gRPC inference host:port (default: from --config)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -199,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     endpoints = Endpoints.from_config(args.config, args.key_file)
     target = args.target or endpoints.grpc_inference
     max_request, max_response = message_limits(effective_properties(args.config))
-    token = read_token(endpoints.key_file, "inference")
+    token = args.token_file.read_text().strip() if args.token_file else read_token(endpoints.key_file, "inference")
     with open_channel(target, max_request, max_response) as channel:
         if args.command == "ping":
             try:

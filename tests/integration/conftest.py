@@ -2,6 +2,8 @@
 own ports, with its own temp dir, token auth on."""
 from __future__ import annotations
 
+import json
+import secrets
 import shutil
 import subprocess
 import sys
@@ -12,7 +14,7 @@ import psutil
 import pytest
 
 from scripts.local_server import package, start_server
-from tests.conftest import ROOT
+from tests.conftest import ROOT, png_bytes
 
 BATCH_MODEL = "digits_batch"
 # A model with one worker and a long batch delay, so concurrent requests are sure to share a batch.
@@ -62,6 +64,56 @@ def workdir_factory():
     yield make
     for path in made:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def docker_session(workdir_factory):
+    """Docker (installed and started when missing); what the session builds and runs in it is removed after."""
+    from tests.integration.containers import DockerSession
+
+    session = DockerSession(workdir_factory()).start()
+    yield session
+    problems = session.stop()
+    assert not problems, f"left behind: {problems}"
+
+
+@pytest.fixture(scope="session")
+def image(docker_session, model_store):
+    """The image, built by deploy/docker/build.sh from the Dockerfile and the freshly packaged digits.mar."""
+    return docker_session.build(model_store / "digits.mar", f"digits-serve:test-{secrets.token_hex(4)}")
+
+
+@pytest.fixture(scope="session")
+def container_gateway(docker_session, image, workdir_factory, test_split):
+    """The image running: TorchServe's keys last one minute (rotated under way), an access log on stdout (the
+    drain test reads it), a rate limit above what the load tests send from one address, and REST + gRPC traffic
+    from the start on, which the rotation test judges."""
+    from tests.integration.containers import ROTATION_MINUTES, ContainerGateway, Traffic
+
+    gateway = ContainerGateway.run(docker_session, image, workdir_factory(),
+                                   env={"TOKEN_EXPIRATION_MIN": str(ROTATION_MINUTES), "ACCESS_LOG": "stdout",
+                                        "RATE_LIMIT": "5000"})
+    gateway.first_inference_key = json.loads(gateway.exec("cat", "/tmp/digits/key_file.json"))["inference"]["key"]
+    gateway.traffic = Traffic(gateway, png_bytes(test_split[0][0]), str(test_split[1][0])).start()
+    yield gateway
+    gateway.traffic.finish()
+
+
+@pytest.fixture(scope="session", params=["host", "container"])
+def gateway(request, model_store, workdir_factory):
+    """The gateway in front of TorchServe with the fresh digits.mar: gateway/run.py on this machine, or the image."""
+    from tests.integration.gateways import HostGateway
+    from tests.system import NGINX, ensure_packages
+
+    if request.param == "container":
+        yield request.getfixturevalue("container_gateway")
+        return
+    ensure_packages(NGINX)
+    gateway = HostGateway.start(model_store, workdir_factory(), "--load-models", "digits.mar")
+    yield gateway
+    status, alive = gateway.stop()
+    assert status == 0, f"gateway/run.py exited {status} on SIGTERM:\n{gateway.log_tail()}"
+    assert not alive, f"processes left behind by gateway/run.py: {alive}"
 
 
 @pytest.fixture(scope="session")

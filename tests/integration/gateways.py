@@ -1,0 +1,145 @@
+"""The gateway (gateway/run.py: nginx in front of TorchServe) started for a test, on the host or in a container.
+
+Both kinds answer on free loopback ports and are stopped by their own pid or container id; `Gateway` is what the
+tests use of either.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import requests
+
+from scripts.local_server import free_ports
+from tests.conftest import ROOT
+
+
+@dataclass
+class Gateway:
+    rest: str  # http://127.0.0.1:PORT: /predictions/..., /healthz/live, /healthz/ready
+    grpc: str  # 127.0.0.1:PORT
+    metrics: str  # http://127.0.0.1:PORT/metrics
+    credential: str
+    kind: str  # "host" or "container"
+    ports: dict = field(default_factory=dict)
+    rate_limit: int = 200  # RATE_LIMIT, requests/s per client address (the gateway's default)
+    rate_burst: int = 400  # RATE_BURST
+
+    def auth(self, credential: str | None = None) -> dict:
+        return {"Authorization": f"Bearer {credential or self.credential}"}
+
+    def predict(self, body: bytes, model: str = "digits", **kwargs) -> requests.Response:
+        headers = {**self.auth(), "Content-Type": "application/octet-stream", **kwargs.pop("headers", {})}
+        return requests.post(f"{self.rest}/predictions/{model}", data=body, headers=headers,
+                             timeout=kwargs.pop("timeout", 30), **kwargs)
+
+
+def new_credential() -> str:
+    return secrets.token_hex(24)
+
+
+def gateway_ports() -> dict:
+    rest, grpc_port, metrics, internal = free_ports(4)
+    # TorchServe's five internal ports sit at internal..internal+4 (and workers at +1000, as Unix sockets): pick a
+    # base far from other servers' and check the five are free now.
+    base = 30000 + internal % 20000
+    return {"rest": rest, "grpc": grpc_port, "metrics": metrics, "internal": base}
+
+
+def wait_until_ready(gateway: Gateway, is_alive, timeout: float, describe) -> None:
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if not is_alive():
+            raise RuntimeError(f"the {gateway.kind} gateway exited during start-up:\n{describe()}")
+        try:
+            response = requests.get(f"{gateway.rest}/healthz/ready", timeout=5)
+            if response.status_code == 200:
+                return
+            last = f"{response.status_code} {response.text[:200]}"
+        except requests.RequestException as error:
+            last = str(error)
+        time.sleep(0.5)
+    raise TimeoutError(f"the {gateway.kind} gateway was not ready in {timeout:.0f} s ({last}):\n{describe()}")
+
+
+class HostGateway(Gateway):
+    """gateway/run.py as a process on this machine (nginx from Debian's packages, TorchServe from .venv)."""
+
+    process: subprocess.Popen
+    workdir: Path
+
+    @classmethod
+    def start(cls, store: Path, workdir: Path, *extra_args: str, credential: str | None = None,
+              timeout: float = 180) -> "HostGateway":
+        ports = gateway_ports()
+        credential = credential or new_credential()
+        gateway = cls(rest=f"http://127.0.0.1:{ports['rest']}", grpc=f"127.0.0.1:{ports['grpc']}",
+                      metrics=f"http://127.0.0.1:{ports['metrics']}/metrics", credential=credential, kind="host",
+                      ports=ports)
+        gateway.workdir = workdir
+        environ = {name: value for name, value in os.environ.items() if not name.startswith("TS_")}
+        environ["DIGITS_CLIENT_TOKEN"] = credential
+        command = [sys.executable, str(ROOT / "gateway" / "run.py"), "--state-dir", str(workdir / "state"),
+                   "--model-store", str(store), "--address", "127.0.0.1", "--metrics-address", "127.0.0.1",
+                   "--port", str(ports["rest"]), "--grpc-port", str(ports["grpc"]),
+                   "--metrics-port", str(ports["metrics"]), "--internal-port-base", str(ports["internal"]),
+                   "--credential-file", str(workdir / "no-such-file"), *extra_args]
+        with open(workdir / "gateway.log", "wb") as output:
+            gateway.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
+                                               stdin=subprocess.DEVNULL, env=environ, cwd=workdir)
+        try:
+            wait_until_ready(gateway, lambda: gateway.process.poll() is None, timeout, gateway.log_tail)
+        except BaseException:
+            gateway.kill()
+            raise
+        return gateway
+
+    def log_tail(self, lines: int = 60) -> str:
+        path = self.workdir / "gateway.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def log(self) -> str:
+        return (self.workdir / "gateway.log").read_text(errors="replace")
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+
+    def stop(self, timeout: float = 60) -> tuple[int | None, list[int]]:
+        """SIGTERM to run.py (the drain), then wait. Returns its exit status and the pids still alive after it."""
+        started_pids = [child.pid for child in self.descendants()]
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            status = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            status = None
+        alive = [pid for pid in started_pids if pid_alive(pid)]
+        self.kill(started_pids)
+        return status, alive
+
+    def kill(self, pids: list[int] | None = None) -> None:
+        """Teardown after a failure: SIGKILL to run.py and whatever it started (never a clean-stop claim)."""
+        pids = pids if pids is not None else [child.pid for child in self.descendants()]
+        for pid in [self.process.pid, *pids]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        self.process.wait()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -1,0 +1,185 @@
+"""The gateway (nginx in front of TorchServe, gateway/run.py), on the host and in the container image.
+
+Every test runs against both: `gateway` is parametrized. Clients hold the gateway's credential only; TorchServe's
+keys stay inside. Answers the gateway gives itself are JSON in the handler's error shape.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import grpc
+import numpy as np
+import pytest
+import requests
+from google.protobuf import empty_pb2
+
+from scripts import grpc_client
+from scripts.grpc_stubs import inference_pb2_grpc
+from tests.conftest import png_bytes
+from tests.integration import bad_inputs
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 30.0
+
+
+@pytest.fixture(scope="module")
+def grpc_channel(gateway):
+    max_request, max_response = grpc_client.message_limits({})
+    with grpc_client.open_channel(gateway.grpc, max_request, max_response) as channel:
+        yield channel
+
+
+def assert_gateway_error(response: requests.Response, code: int, words: str) -> None:
+    assert response.status_code == code, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert body["code"] == code and words in body["message"], body
+    assert set(body) == {"code", "type", "message"}
+
+
+def test_health_answers_without_a_credential(gateway):
+    live = requests.get(f"{gateway.rest}/healthz/live", timeout=10)
+    ready = requests.get(f"{gateway.rest}/healthz/ready", timeout=10)
+    assert live.status_code == 200 and ready.status_code == 200
+    assert ready.json()["status"] == "Healthy"
+
+
+def test_predictions_through_the_gateway_equal_the_servers(gateway, server, test_split):
+    """The same real test digits, through the gateway and straight to a TorchServe with the same .mar."""
+    images, labels = test_split
+    for image in images[:40]:
+        body = png_bytes(image)
+        through = gateway.predict(body)
+        direct = requests.post(f"{server.endpoints.inference}/predictions/digits", data=body,
+                               headers={**server.auth(), "Content-Type": "application/octet-stream"}, timeout=TIMEOUT)
+        assert through.status_code == 200 and direct.status_code == 200
+        assert through.json() == direct.json()
+    answers = [gateway.predict(png_bytes(image)).json()["label"] for image in images[:40]]
+    assert np.mean(np.array(answers, dtype=int) == labels[:40]) >= 0.95
+
+
+def test_grpc_predictions_through_the_gateway_equal_rest(gateway, grpc_channel, test_split):
+    images, _ = test_split
+    assert grpc_client.ping(grpc_channel, gateway.credential, TIMEOUT) == "Healthy"
+    for image in images[:10]:
+        body = png_bytes(image)
+        answer = grpc_client.predict(grpc_channel, gateway.credential, "digits", None, body, TIMEOUT)
+        assert answer == gateway.predict(body).json()
+
+
+@pytest.mark.parametrize("credential", [None, "wrong-credential-0123456789"], ids=["missing", "wrong"])
+def test_rest_without_the_gateways_credential_is_401(gateway, test_split, credential):
+    headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+    response = requests.post(f"{gateway.rest}/predictions/digits", data=png_bytes(test_split[0][0]),
+                             headers=headers, timeout=TIMEOUT)
+    assert_gateway_error(response, 401, "missing or wrong credential")
+
+
+def test_torchserves_own_key_is_not_a_gateway_credential(gateway, server, test_split):
+    """A TorchServe key (here another server's) opens nothing: clients only ever hold the gateway's credential."""
+    response = requests.post(f"{gateway.rest}/predictions/digits", data=png_bytes(test_split[0][0]),
+                             headers=server.auth(), timeout=TIMEOUT)
+    assert_gateway_error(response, 401, "missing or wrong credential")
+
+
+@pytest.mark.parametrize("credential", [None, "wrong-credential-0123456789"], ids=["missing", "wrong"])
+def test_grpc_without_the_gateways_credential_is_unauthenticated(gateway, grpc_channel, test_split, credential):
+    metadata = [("authorization", f"Bearer {credential}")] if credential else []
+    stub = inference_pb2_grpc.InferenceAPIsServiceStub(grpc_channel)
+    request = grpc_client.prediction_request("digits", None, png_bytes(test_split[0][0]))
+    for call, message in ((stub.Ping, empty_pb2.Empty()), (stub.Predictions, request)):
+        with pytest.raises(grpc.RpcError) as refused:
+            call(message, metadata=metadata, timeout=TIMEOUT)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "missing or wrong credential" in refused.value.details()
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH", "OPTIONS"])
+def test_methods_other_than_post_are_405(gateway, test_split, method):
+    response = requests.request(method, f"{gateway.rest}/predictions/digits", data=png_bytes(test_split[0][7]),
+                                headers=gateway.auth(), timeout=TIMEOUT)
+    assert_gateway_error(response, 405, "inference takes POST")
+    assert response.headers["Allow"] == "POST"
+
+
+def test_a_body_over_the_limit_is_413_with_a_message(gateway):
+    response = gateway.predict(b"\0" * 6_553_501)
+    assert_gateway_error(response, 413, "request body over 6553500 bytes")
+
+
+def test_more_than_the_rate_from_one_address_is_429_and_others_go_on(gateway, test_split):
+    """A burst from 127.0.0.3 (loopback, its own client address) past the rate: 429 with a message, while the
+    usual client on 127.0.0.1 is still answered."""
+    started = time.monotonic()
+    statuses, last_body = pipelined_posts(gateway.rest, gateway.rate_burst + 300, source="127.0.0.3")
+    seconds = time.monotonic() - started
+    # The burst passes (each refused 401 for want of a credential), then 429, and nginx closes the connection.
+    assert statuses[-1] == 429 and set(statuses[:-1]) == {401}, statuses[-5:]
+    passed = len(statuses) - 1
+    assert gateway.rate_burst <= passed <= gateway.rate_burst + gateway.rate_limit * seconds + 5, (passed, seconds)
+    assert json.loads(last_body) == {"code": 429, "type": "TooManyRequests",
+                                     "message": f"over {gateway.rate_limit} requests/s from this address: slow down"}
+    assert gateway.predict(png_bytes(test_split[0][7])).json()["label"] == str(test_split[1][7])
+
+
+@pytest.mark.parametrize("name", sorted(bad_inputs.REFUSED))
+def test_bad_input_through_the_gateway_is_the_handlers_400(gateway, test_split, name):
+    body = bad_inputs.refused_bodies(test_split[0][0])[name]
+    response = gateway.predict(body)
+    assert response.status_code == 400, response.text
+    assert bad_inputs.REFUSED[name] in response.json()["message"]
+    good = gateway.predict(png_bytes(test_split[0][7]))
+    assert good.status_code == 200 and good.json()["label"] == str(test_split[1][7])
+
+
+def test_only_inference_and_health_are_routed(gateway):
+    """TorchServe's other APIs (ping with its key, management, metrics, api-description) are not behind the REST port."""
+    for path in ("/ping", "/models", "/api-description", "/metrics", "/token", "/"):
+        response = requests.get(f"{gateway.rest}{path}", headers=gateway.auth(), timeout=TIMEOUT)
+        assert_gateway_error(response, 404, "no such endpoint")
+
+
+def test_metrics_port_serves_prometheus_text_and_nothing_else(gateway):
+    metrics = requests.get(gateway.metrics, timeout=TIMEOUT)
+    assert metrics.status_code == 200 and "ts_inference_requests_total" in metrics.text
+    assert gateway.credential not in metrics.text
+    other = requests.get(gateway.metrics.replace("/metrics", "/predictions/digits"), timeout=TIMEOUT)
+    assert other.status_code == 404
+
+
+def pipelined_posts(base_url: str, count: int, source: str) -> tuple[list[int], bytes]:
+    """`count` POSTs without a credential written at once on one connection from `source` (HTTP/1.1
+    pipelining: the gateway reads them faster than any rate): the status of each answer, in order, and the
+    last answer's body."""
+    host, port = base_url.removeprefix("http://").split(":")
+    request = f"POST /predictions/digits HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1\r\n\r\nx".encode()
+    received = b""
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT, source_address=(source, 0)) as connection:
+        connection.sendall(request * count)
+        while received.count(b"HTTP/1.1 ") < count:
+            chunk = connection.recv(1 << 16)
+            if not chunk:
+                break
+            received += chunk
+    statuses = [int(line.split()[1]) for line in received.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
+    return statuses, received.rsplit(b"\r\n\r\n", 1)[-1].strip()
+
+
+def test_a_socket_bound_to_127_0_0_3_is_another_client_address():
+    """The 429 test's premise: a socket bound to 127.0.0.3 reaches a 127.0.0.1 listener from that address."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        with socket.create_connection(listener.getsockname(), source_address=("127.0.0.3", 0)):
+            accepted, peer = listener.accept()
+            accepted.close()
+    assert peer[0] == "127.0.0.3"
+
+
+def test_answers_are_json_with_the_right_content_type(gateway, test_split):
+    response = gateway.predict(png_bytes(test_split[0][1]))
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert json.loads(response.text)["label"] == str(test_split[1][1])

@@ -1,0 +1,188 @@
+"""The container image itself: who runs, what listens, what is inside, supervision, key rotation over minutes, and
+the drain on `docker stop`. (The gateway's behaviour -- predictions, refusals, health -- is test_gateway.py, run
+against the image as well as the host.) The module's tests run in file order: the drain stops the container last.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+import psutil
+import pytest
+import requests
+
+from tests.conftest import png_bytes
+from tests.integration.containers import ContainerGateway
+
+pytestmark = pytest.mark.integration
+
+from tests.integration.containers import ROTATION_MINUTES  # noqa: E402
+TRAFFIC_SECONDS = 210  # "several minutes" of traffic across key rotations: 3.5 lifetimes of a key
+
+
+def test_every_process_runs_as_the_image_user_not_root(container_gateway):
+    assert container_gateway.exec("id", "-u").strip() == "10001"
+    processes = container_gateway.processes()
+    assert len(processes) >= 6  # tini, run.py, nginx x2, TorchServe's launcher and Java, 2 workers
+    names = {process.name() for process in processes}
+    assert {"tini", "nginx", "java"} <= names, names
+    assert all(process.uids().real == 10001 and process.uids().effective == 10001 for process in processes), \
+        [(process.pid, process.name(), process.uids()) for process in processes]
+    assert processes[0].name() == "tini"  # PID 1 in the container: a real init reaps and forwards signals
+
+
+def test_only_the_expected_ports_listen(container_gateway):
+    """nginx: the three gateway ports; TorchServe's Java frontend: its five ports on 127.0.0.1; workers: none."""
+    listening = collections.defaultdict(set)
+    for process in container_gateway.processes():
+        for connection in process.net_connections(kind="inet"):
+            if connection.status == psutil.CONN_LISTEN:  # Java lists IPv4 as IPv4-mapped IPv6
+                listening[process.name()].add((connection.laddr.ip.removeprefix("::ffff:"), connection.laddr.port))
+    ports = container_gateway.ports
+    assert {port for _, port in listening["nginx"]} == {ports["rest"], ports["grpc"], ports["metrics"]}
+    internal = set(range(ports["internal"], ports["internal"] + 5))
+    assert listening["java"] == {("127.0.0.1", port) for port in internal}
+    assert set(listening) == {"nginx", "java"}, dict(listening)
+
+
+def test_the_image_holds_no_compiler_pip_cache_or_secret(container_gateway):
+    found = container_gateway.exec("sh", "-c", "command -v gcc cc g++ make; ls /root/.cache /tmp/pip* 2>/dev/null; "
+                                   "find / -xdev -name key_file.json -not -path '/proc/*' 2>/dev/null | grep -v '^/tmp/'; "
+                                   "true")
+    assert found.strip() == ""
+    # The client credential reached the container as a mounted file, never as part of the image.
+    assert container_gateway.credential not in container_gateway.exec("cat", "/opt/digits/config.properties")
+
+
+def test_the_root_filesystem_is_read_only(container_gateway):
+    with pytest.raises(RuntimeError, match="Read-only file system"):
+        container_gateway.exec("touch", "/opt/digits/written")
+
+
+def test_gpu_check_runs_inside_the_image(container_gateway):
+    """scripts/gpu_check.sh inside the image, on the archive it serves (its CPU dry run here: no GPU)."""
+    output = container_gateway.exec("/opt/digits/scripts/gpu_check.sh", "--cpu",
+                                    "--archive", "/opt/digits/model_store/digits.mar")
+    assert "gpu_check: OK: 2 workers on cpu, every check passed." in output
+
+
+@pytest.mark.parametrize("victim", ["nginx", "java"])
+def test_the_container_exits_non_zero_when_a_process_dies(docker_session, image, workdir_factory, victim):
+    """Supervision: kill -9 nginx's master or TorchServe's frontend in a running container; the container exits
+    with a non-zero status at once instead of limping on."""
+    gateway = ContainerGateway.run(docker_session, image, workdir_factory())
+    process = next(process for process in gateway.processes() if process.name() == victim
+                   and (victim != "nginx" or "master" in " ".join(process.cmdline())))
+    process.send_signal(signal.SIGKILL)
+    status = gateway.wait_exit(timeout=60)
+    assert status != 0, gateway.log_tail()
+    assert f"{'nginx' if victim == 'nginx' else 'torchserve'} exited" in gateway.logs().lower()
+
+
+# ---------------------------------------------------------------- traffic across key rotations
+
+
+def test_keys_rotate_under_traffic_and_no_call_is_refused(container_gateway):
+    """TorchServe's keys expire after a minute here (TOKEN_EXPIRATION_MIN=1); the gateway rotates them at half
+    their life while REST and gRPC clients call steadily (from the container's start, beside the other tests) for
+    several minutes: not one call refused."""
+    traffic = container_gateway.traffic
+    first_key = container_gateway.first_inference_key
+    remaining = TRAFFIC_SECONDS - (time.monotonic() - traffic.started)
+    if remaining > 0:
+        time.sleep(remaining)
+    traffic.finish()
+    rotations = container_gateway.logs().count("rotated TorchServe's keys")
+    assert rotations >= TRAFFIC_SECONDS // (60 * ROTATION_MINUTES / 2) - 1, container_gateway.log_tail()
+    assert traffic.failures == [], traffic.failures[:10]
+    assert traffic.outcomes[("rest", True)] > 1000 and traffic.outcomes[("grpc", True)] > 1000, traffic.outcomes
+    # The keys really do expire: the first inference key is refused by TorchServe now (the host shares the
+    # container's loopback, so its internal port is reachable here, with TorchServe's own key only).
+    keys = json.loads(container_gateway.exec("cat", "/tmp/digits/key_file.json"))
+    assert keys["inference"]["key"] != first_key
+    expires = datetime.fromisoformat(keys["inference"]["expiration time"].replace("Z", "+00:00"))
+    assert 0 < expires.timestamp() - time.time() <= 60 * ROTATION_MINUTES + 5  # a one-minute key, not 60 minutes
+    refused = requests.get(f"http://127.0.0.1:{container_gateway.ports['internal']}/ping",
+                           headers={"Authorization": f"Bearer {first_key}"}, timeout=10)
+    assert refused.status_code in (400, 401) and refused.json()["type"] == "InvalidKeyException"
+
+
+# ---------------------------------------------------------------- the drain: last, it stops the container
+
+
+@dataclass
+class Sent:
+    request_id: str
+    sent_at: float
+    status: int | None = None
+    error: str | None = None
+
+
+def test_docker_stop_drains_and_loses_no_accepted_request(container_gateway, test_split):
+    """Load from 8 clients during `docker stop`: readiness turns 503 first, every request the gateway accepted
+    (each is in its access log) is answered, the container exits 0 inside the stop timeout."""
+    body, label = png_bytes(test_split[0][3]), str(test_split[1][3])
+    sent: list[Sent] = []
+    lock = threading.Lock()
+    stop_sending = threading.Event()
+    counter = itertools.count()
+    ready_turned_503_at = []
+
+    def client(number: int) -> None:
+        with requests.Session() as session:
+            while not stop_sending.is_set():
+                record = Sent(f"drain-{number}-{next(counter)}", time.monotonic())
+                try:
+                    response = session.post(f"{container_gateway.rest}/predictions/digits", data=body, timeout=30,
+                                            headers={**container_gateway.auth(), "X-Request-Id": record.request_id})
+                    record.status = response.status_code
+                    if response.status_code == 200 and response.json()["label"] != label:
+                        record.error = f"wrong answer {response.text}"
+                except requests.RequestException as error:
+                    record.error = type(error).__name__
+                    time.sleep(0.05)
+                with lock:
+                    sent.append(record)
+
+    def readiness() -> None:
+        while not stop_sending.is_set():
+            try:
+                if requests.get(f"{container_gateway.rest}/healthz/ready", timeout=2).status_code == 503:
+                    ready_turned_503_at.append(time.monotonic())
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=client, args=(number,)) for number in range(8)]
+    threads.append(threading.Thread(target=readiness))
+    for thread in threads:
+        thread.start()
+    time.sleep(3)
+    stop_started = time.monotonic()
+    status, seconds = container_gateway.stop(timeout=30)
+    stop_sending.set()
+    for thread in threads:
+        thread.join(60)
+
+    assert status == 0 and seconds < 30, (status, seconds, container_gateway.log_tail())
+    assert ready_turned_503_at and ready_turned_503_at[0] - stop_started < 2
+    accepted = {line.split()[-1].strip('"') for line in container_gateway.logs().splitlines()
+                if line.count(" /predictions/digits ") and '"drain-' in line}
+    answered = {record.request_id for record in sent if record.status is not None}
+    lost = [record for record in sent if record.request_id in accepted and record.status is None]
+    assert not lost, lost[:10]
+    assert accepted == answered, (len(accepted), len(answered))
+    wrong = [record for record in sent if record.status is not None and (record.status != 200 or record.error)]
+    assert not wrong, wrong[:10]
+    served_while_draining = [record for record in sent if record.status == 200 and record.sent_at > stop_started]
+    assert len(served_while_draining) > 20  # the gateway kept answering for DRAIN_SECONDS after SIGTERM
+    refused = [record for record in sent if record.status is None]
+    assert all(record.sent_at > stop_started for record in refused)  # nothing refused before the stop
+    assert "drained and stopped" in container_gateway.logs()
