@@ -33,7 +33,7 @@ RUN apt-get update \
     && useradd --uid 10001 --gid digits --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin digits
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /opt/digits
-COPY config.properties log4j2.xml train.py ./
+COPY config.properties metrics.yaml log4j2.xml train.py ./
 COPY model/ model/
 COPY handler/ handler/
 COPY scripts/ scripts/

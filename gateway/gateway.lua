@@ -22,6 +22,7 @@ end
 
 -- An answer the gateway gives itself, in the handler's error shape ({"code", "type", "message"}).
 function M.reject(status, kind, message)
+  ngx.var.gateway_refused = status -- what the metrics count: over gRPC the HTTP status stays 200
   if ngx.var.gateway_protocol == "grpc" then
     -- gRPC: the status a gRPC client reads (UNAUTHENTICATED, UNAVAILABLE, ...) with the message, answered by the
     -- config's @grpc_error (nginx sends it as one trailers-only HEADERS frame; a body here would break that).
@@ -48,16 +49,18 @@ function M.load_credentials(path)
   assert(next(credentials) ~= nil, "no client credential in " .. path)
 end
 
+-- Whether this request counts in "inflight" lives in a request variable ($gateway_counted), not ngx.ctx: nginx
+-- keeps variables across internal redirects (error pages, ngx.exec) and drops ngx.ctx.
 local function add_torchserve_key()
   local waited = 0
   while true do
     state:incr("inflight", 1, 0)
-    ngx.ctx.counted = true
+    ngx.var.gateway_counted = "1"
     if not state:get("hold") or waited >= HOLD_LIMIT then
       break
     end
     state:incr("inflight", -1, 0)
-    ngx.ctx.counted = false
+    ngx.var.gateway_counted = ""
     ngx.sleep(HOLD_STEP)
     waited = waited + HOLD_STEP
   end
@@ -88,14 +91,58 @@ function M.health(readiness)
   return add_torchserve_key()
 end
 
--- log_by_lua: the request is done (answered, failed or abandoned by its client).
+-- log_by_lua (every request of the REST and gRPC servers): the request is done (answered, failed or abandoned
+-- by its client). Counts the answer for the metrics.
 function M.finished()
-  if ngx.ctx.counted then
+  if ngx.var.gateway_counted == "1" then
     state:incr("inflight", -1, 0)
   end
+  local protocol = ngx.var.gateway_protocol
+  if ngx.var.uri:sub(1, 9) == "/healthz/" then
+    protocol = "health"
+  end
+  local code = ngx.var.gateway_refused
+  state:incr("answers|" .. protocol .. "|" .. (code ~= "" and code or ngx.status), 1, 0)
 end
 
--- content_by_lua on the admin socket (run.py only): PUT /key, /hold, /draining, /ready; GET /inflight.
+-- content_by_lua for GET /metrics on the metrics port: TorchServe's metrics, then the gateway's own.
+function M.metrics()
+  local torchserve = ngx.location.capture("/torchserve-metrics")
+  local lines = {}
+  if torchserve.status == 200 then
+    lines[#lines + 1] = torchserve.body
+  end
+  local function metric(name, kind, help, samples)
+    lines[#lines + 1] = "# HELP " .. name .. " " .. help .. "\n# TYPE " .. name .. " " .. kind .. "\n"
+    for _, sample in ipairs(samples) do
+      lines[#lines + 1] = name .. sample[1] .. " " .. string.format("%.17g", sample[2]) .. "\n"
+    end
+  end
+  local answers = {}
+  for _, key in ipairs(state:get_keys(0)) do
+    local protocol, code = key:match("^answers|(%a+)|(%d+)$")
+    if protocol then
+      answers[#answers + 1] = { string.format('{protocol="%s",code="%s"}', protocol, code), state:get(key) }
+    end
+  end
+  table.sort(answers, function(a, b) return a[1] < b[1] end)
+  metric("digits_gateway_requests_total", "counter", "Answers the gateway sent, by protocol and HTTP status.", answers)
+  metric("digits_gateway_inflight", "gauge", "Requests being served now.", { { "", state:get("inflight") or 0 } })
+  local ready = state:get("ready") and not state:get("draining")
+  metric("digits_gateway_ready", "gauge", "1 when ready for traffic, 0 while starting or draining.",
+    { { "", ready and 1 or 0 } })
+  metric("digits_gateway_key_expiry_timestamp_seconds", "gauge",
+    "When TorchServe's current keys expire (Unix time); they are rotated at half their lifetime.",
+    { { "", state:get("key_expiry") or 0 } })
+  metric("digits_gateway_key_rotations_total", "counter", "Rotations of TorchServe's keys.",
+    { { "", state:get("rotations") or 0 } })
+  metric("digits_gateway_torchserve_metrics_up", "gauge", "1 if TorchServe's metrics answered this scrape.",
+    { { "", torchserve.status == 200 and 1 or 0 } })
+  ngx.header["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+  ngx.print(table.concat(lines))
+end
+
+-- content_by_lua on the admin socket (run.py only): PUT /key, /expiry, /hold, /draining, /ready; GET /inflight.
 function M.admin()
   local what = ngx.var.uri:match("^/admin/(%a+)$")
   if ngx.req.get_method() == "GET" and what == "inflight" then
@@ -108,7 +155,12 @@ function M.admin()
   ngx.req.read_body()
   local value = ngx.req.get_body_data() or ""
   if what == "key" and value:match("^[%w%-_=]+$") then
+    if state:get("inference_key") then
+      state:incr("rotations", 1, 0)
+    end
     state:set("inference_key", value)
+  elseif what == "expiry" and tonumber(value) then
+    state:set("key_expiry", tonumber(value))
   elseif what == "hold" or what == "draining" or what == "ready" then
     state:set(what, value == "1")
   else

@@ -243,6 +243,7 @@ class Keys:
         now = time.time()
         expiry = min(key_expiry(self.endpoints.key_file, kind) for kind in ("inference", "management"))
         self.next_rotation = time.monotonic() + max((expiry - now) / 2, 1.0)
+        admin(self.state, "PUT", "expiry", f"{expiry:.3f}")  # digits_gateway_key_expiry_timestamp_seconds
 
     def due(self) -> bool:
         return time.monotonic() >= self.next_rotation
@@ -290,6 +291,7 @@ def start_torchserve(args, state: Path, properties: Path) -> subprocess.Popen:
         "TS_INITIAL_WORKER_PORT": str(base + 1000),
         "TS_LOAD_MODELS": args.load_models,
         "TS_MODEL_STORE": str(args.model_store),
+        "TS_METRICS_CONFIG": str(ROOT / "metrics.yaml"),
     })
     bin_dir = Path(sys.executable).parent
     environ["PATH"] = f"{bin_dir}:{environ.get('PATH', '/usr/bin:/bin')}"

@@ -24,9 +24,15 @@ import hashlib
 import json
 import logging
 import os
+import re
+import time
 import warnings
+from collections import Counter
 
+import psutil
 import torch
+from ts.metrics.dimension import Dimension
+from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from model import preprocessing
@@ -40,6 +46,8 @@ DEFAULT_TOPK = 3  # how many ranked labels each answer carries unless the reques
 JSON_CONTENT_TYPE = "application/json"
 # Each answer says how many requests shared its forward pass: shows whether dynamic batching happens.
 BATCH_SIZE_HEADER = "X-Batch-Size"
+# ... and which forward pass it was ("<worker pid>-<batch number>"): answers sharing it were batched together.
+BATCH_ID_HEADER = "X-Batch-Id"
 # TorchServe's marker for the last message of a streamed answer. Its gRPC StreamPredictions RPC reads it from
 # every answer and, when it is missing, fails with a NullPointerException that restarts the worker; REST treats
 # its presence as a chunked stream. So gRPC answers carry it ("false": this is the only and last message) and
@@ -195,7 +203,7 @@ def parse_json_object(document: object, resolution: int, default_topk: int, num_
     if "data" in document:
         return Parsed(preprocessing.image_bytes_to_tensor(decode_base64(document["data"]), resolution)[None], topk)
     if "pixels" in document:
-        return Parsed(preprocessing.pixels_to_tensor(document["pixels"], resolution)[None], topk)
+        return Parsed(preprocessing.pixels_to_tensor(document["pixels"], resolution)[None], topk, kind="pixels")
     if "images" in document:
         return Parsed(parse_images_list(document["images"], resolution, max_images), topk, many=True)
     raise InputError(
@@ -271,6 +279,71 @@ def format_error(code: int, message: str, error_type: str = "InputError") -> dic
     return {"code": code, "type": error_type, "message": message}
 
 
+# What a refusal was about, for the digits_refusals_total metric: the first message prefix that matches.
+REFUSAL_REASONS = (
+    (("empty body", "empty request", "no images in the request"), "empty_body"),
+    (("not an image", "text body is neither"), "not_an_image"),
+    (("unreadable image", "expected a 2-D grey image"), "unreadable_image"),
+    (("image too large",), "image_too_large"),
+    (("image too small",), "image_too_small"),
+    (("blank image",), "blank_image"),
+    (('"data" is not valid base64', '"data" must be a base64 string'), "bad_base64"),
+    (("invalid JSON", "JSON body", '"images" must be'), "bad_json"),
+    (("pixel array", "pixel values", "image holds NaN"), "bad_pixels"),
+    (("not a valid .npy", ".npy"), "bad_npy"),
+    (("topk",), "bad_topk"),
+)
+IMAGE_INDEX = re.compile(r"^(image \d+: )+")  # "image 3: not an image ..." in a multi-image request
+HANDLER_TIME = "HandlerTime"  # TorchServe's standard gauge: ms the handler spent on the last batch
+RESOURCE_METRICS_SECONDS = 10.0  # how often a worker reports its memory and CPU time
+
+
+def refusal_reason(error: Exception) -> str:
+    """A refused request's reason, one of a fixed few (a metric label must not carry free text)."""
+    if isinstance(error, InputTooLarge):
+        return "too_many_images"
+    if not isinstance(error, InputError):
+        return "internal"
+    message = IMAGE_INDEX.sub("", str(error))
+    for prefixes, reason in REFUSAL_REASONS:
+        if message.startswith(prefixes):
+            return reason
+    return "bad_request"
+
+
+def batch_metrics(accepted: list, refusals: list, predicted: list[str], preprocessing_ms: float) -> list[tuple]:
+    """(name, value, dimensions) for one batch: counts summed per label value, so a batch of 16 costs a few
+    metric lines, not a few per request (each is a log line the frontend parses)."""
+    rows = [("digits_requests_total", count, {"InputKind": kind})
+            for kind, count in sorted(Counter(parsed.kind for parsed in accepted).items())]
+    rows += [("digits_refusals_total", count, {"ErrorType": error_type, "Reason": reason})
+             for (error_type, reason), count in sorted(Counter(refusals).items())]
+    if accepted:
+        rows += [("digits_images_total", len(predicted), {}), ("digits_batches_total", 1, {}),
+                 ("digits_preprocessing_milliseconds_total", round(preprocessing_ms, 3), {})]
+    rows += [("digits_predictions_total", count, {"Label": label}) for label, count in sorted(Counter(predicted).items())]
+    return rows
+
+
+def emit_metrics(metrics, rows: list[tuple], model_name: str, idx: int | None = None) -> None:
+    """Send metric rows through TorchServe's metrics API (declared in metrics.yaml, or dropped by the frontend).
+
+    Each row becomes a log line that the frontend parses. `idx` ties the line to one request of the batch: without
+    it TorchServe writes every request id of the batch into every line.
+    """
+    if metrics is None:  # a Context without TorchServe's metrics cache
+        return
+    for name, value, labels in rows:
+        dimensions = [Dimension(key, str(label)) for key, label in labels.items()]
+        dimensions += [Dimension("ModelName", model_name), Dimension("Level", "Model")]
+        if name == "digits_worker_resident_memory_bytes":
+            metrics.add_metric(name, value, unit="B", idx=idx, dimensions=dimensions, metric_type=MetricTypes.GAUGE)
+        elif name == HANDLER_TIME:
+            metrics.add_time(name, value, idx=idx, unit="ms", dimensions=dimensions)
+        else:
+            metrics.add_counter(name, value, idx=idx, dimensions=dimensions)
+
+
 def drop_per_batch_log_lines(record: logging.LogRecord) -> bool:
     """Logging filter: False for TorchServe's per-batch INFO line, True for everything else."""
     return not str(record.msg).startswith("Backend received inference")
@@ -308,20 +381,40 @@ class DigitHandler(BaseHandler):
         # per-request lines cost throughput and fill the disk. Only that line is dropped.
         logging.getLogger().addFilter(drop_per_batch_log_lines)
         self.context = context
+        self.model_name = context.model_name
+        self.process = psutil.Process()
+        self.cpu_seconds = 0.0
+        self.resources_reported = 0.0
+        self.batches = 0
         self.initialized = True
+        emit_metrics(context.metrics, [("digits_worker_starts_total", 1, {}), *self.resource_metrics()], self.model_name)
         logger.info(
             "digit model loaded on %s by pid %d (%d classes, torch threads %d, resolution %d, %s, weights sha256 %s)",
             self.device, os.getpid(), len(self.labels), torch.get_num_threads(), self.resolution,
             "TorchScript optimized" if optimized else "eager", digest[:16],
         )
 
+    def resource_metrics(self) -> list[tuple]:
+        """This worker's memory and the CPU time it used since the last report."""
+        self.resources_reported = time.monotonic()
+        times = self.process.cpu_times()
+        used, self.cpu_seconds = times.user + times.system - self.cpu_seconds, times.user + times.system
+        worker = {"Worker": str(self.process.pid)}
+        return [("digits_worker_resident_memory_bytes", self.process.memory_info().rss, worker),
+                ("digits_worker_cpu_seconds_total", round(used, 3), worker)]
+
     def handle(self, data, context):
         results: list = [None] * len(data)
         accepted: list[tuple[int, Parsed]] = []
+        refusals: list[tuple[str, str]] = []
+        started = time.perf_counter()
         batch_size = str(len(data))
+        self.batches += 1
+        batch_id = f"{self.process.pid}-{self.batches}"
         for idx, row in enumerate(data):
             context.set_response_content_type(idx, JSON_CONTENT_TYPE)
             context.set_response_header(idx, BATCH_SIZE_HEADER, batch_size)
+            context.set_response_header(idx, BATCH_ID_HEADER, batch_id)
             if came_over_grpc(context.get_all_request_header(idx)):
                 context.set_response_header(idx, STREAM_NEXT_HEADER, "false")
             try:
@@ -329,13 +422,18 @@ class DigitHandler(BaseHandler):
             except InputTooLarge as error:
                 context.set_response_status(413, "Payload Too Large", idx)
                 results[idx] = json.dumps(format_error(413, str(error), "InputTooLarge"))
+                refusals.append(("InputTooLarge", refusal_reason(error)))
             except InputError as error:
                 context.set_response_status(400, "Bad Request", idx)
                 results[idx] = json.dumps(format_error(400, str(error)))
-            except Exception:  # a bug must cost this request alone, never the batch or the worker
+                refusals.append(("InputError", refusal_reason(error)))
+            except Exception as error:  # a bug must cost this request alone, never the batch or the worker
                 logger.exception("unexpected error parsing request %d", idx)
                 context.set_response_status(500, "Internal Server Error", idx)
                 results[idx] = json.dumps(format_error(500, "internal error while reading the input", "InternalError"))
+                refusals.append(("InternalError", refusal_reason(error)))
+        preprocessing_ms = (time.perf_counter() - started) * 1000.0
+        predicted: list[str] = []
         if accepted:
             batch = torch.cat([parsed.inputs for _, parsed in accepted]).to(self.device)
             probabilities = predict(self.model, batch).cpu()
@@ -349,4 +447,11 @@ class DigitHandler(BaseHandler):
                 answers = [format_ranked(values[row][: parsed.topk], indices[row][: parsed.topk], self.labels)
                            for row in rows]
                 results[idx] = json.dumps({"predictions": answers} if parsed.many else answers[0])
+                predicted += [answer["label"] for answer in answers]
+        rows = batch_metrics([parsed for _, parsed in accepted], refusals, predicted, preprocessing_ms)
+        if time.monotonic() - self.resources_reported >= RESOURCE_METRICS_SECONDS:
+            rows += self.resource_metrics()
+        # TorchServe's BaseHandler.handle reports this gauge; this handle replaces it, so it reports it itself.
+        rows.append((HANDLER_TIME, round((time.perf_counter() - started) * 1000.0, 3), {}))
+        emit_metrics(context.metrics, rows, self.model_name, idx=0)
         return results

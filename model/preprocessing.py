@@ -50,11 +50,16 @@ class InputTooLarge(InputError):
 
 @dataclass
 class ParsedInput:
-    """One request, read: its images as network input (N x 1 x 28 x 28), its topk, and whether it asked for
-    many images (answered as a list) or one. Lives here because TorchServe allows one class per handler module."""
+    """One request, read: its images as network input (N x 1 x 28 x 28), its topk, whether it asked for many
+    images (answered as a list) or one, and how the input came ("image", "pixels" or "multi_image", for the
+    metrics). Lives here because TorchServe allows one class per handler module."""
     inputs: torch.Tensor
     topk: int
     many: bool = False
+    kind: str = ""
+
+    def __post_init__(self):
+        self.kind = self.kind or ("multi_image" if self.many else "image")
 
 
 def decode_image(data: bytes) -> np.ndarray:

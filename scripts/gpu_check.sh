@@ -51,7 +51,7 @@ export TMPDIR="$work/tmp" TEMP="$work/tmp" LOG_LOCATION="$work/logs" METRICS_LOC
 export TS_INFERENCE_ADDRESS="http://127.0.0.1:${ports[0]}" TS_MANAGEMENT_ADDRESS="http://127.0.0.1:${ports[1]}"
 export TS_METRICS_ADDRESS="http://127.0.0.1:${ports[2]}" TS_GRPC_INFERENCE_PORT="${ports[3]}"
 export TS_GRPC_MANAGEMENT_PORT="${ports[4]}" TS_INITIAL_WORKER_PORT="$((20000 + ports[0] % 20000))"
-export TS_LOAD_MODELS="digits.mar"
+export TS_LOAD_MODELS="digits.mar" TS_METRICS_CONFIG="$root/metrics.yaml"
 key_file="$work/key_file.json"
 server_pid=""
 

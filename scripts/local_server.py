@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -60,6 +60,7 @@ class Server:
     env: dict
     endpoints: Endpoints
     process: subprocess.Popen
+    killed: list = field(default_factory=list)  # pids stop() had to SIGKILL: not a clean stop
 
     @property
     def inference_token(self) -> str:
@@ -101,6 +102,21 @@ class Server:
             time.sleep(0.1)
         return victim, None
 
+    def settled_logs(self, quiet: float = 1.0, timeout: float = 15.0) -> dict[str, str]:
+        """The log files' text once none has grown for `quiet` seconds: TorchServe writes them through log4j2's
+        async logger and the workers' stdout readers, so a line can land a moment after the event behind it."""
+        def sizes() -> dict:
+            return {path: path.stat().st_size for path in (self.workdir / "logs").glob("*.log")}
+
+        deadline = time.monotonic() + timeout
+        last, stable_since = sizes(), time.monotonic()
+        while time.monotonic() - stable_since < quiet and time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = sizes()
+            if now != last:
+                last, stable_since = now, time.monotonic()
+        return {path.name: path.read_text(errors="replace") for path in last}
+
     def log_tail(self, lines: int = 40) -> str:
         text = []
         for name in ("console.log", "logs/ts_log.log", "logs/model_log.log"):
@@ -110,7 +126,9 @@ class Server:
         return "\n".join(text)
 
     def stop(self, timeout: float = 60) -> list[int]:
-        """Stop TorchServe and wait until the frontend and every worker have exited; returns their pids."""
+        """Stop TorchServe (`torchserve --stop`) and wait until the frontend and every worker have exited; returns
+        their pids. Whatever is still running after `timeout` is killed (teardown must not leave processes behind)
+        and listed in `killed`: a clean stop is one with `killed` empty, and the tests claiming one check that."""
         pids = []
         try:
             frontend = self.frontend_pid()
@@ -122,10 +140,12 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids):
             time.sleep(0.2)
+        self.killed = []
         for pid in pids:  # only processes this fixture started
-            if psutil.pid_exists(pid):
+            if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
                 try:
                     os.kill(pid, signal.SIGKILL)
+                    self.killed.append(pid)
                 except OSError:
                     pass
         try:
@@ -157,6 +177,7 @@ def start_server(store: Path, workdir: Path, models: str, timeout: float = 180, 
         "TS_GRPC_MANAGEMENT_PORT": str(ports[4]),
         "TS_INITIAL_WORKER_PORT": str(20000 + ports[0] % 20000),
         "TS_LOAD_MODELS": models,
+        "TS_METRICS_CONFIG": str(ROOT / "metrics.yaml"),
         **(extra_env or {}),
     })
     endpoints = Endpoints.from_config(config, workdir / "key_file.json", environ=env)

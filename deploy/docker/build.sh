@@ -91,7 +91,8 @@ fi
 # ---- the context: what the image needs, and nothing else
 context="$work/context"
 mkdir -p "$context/model_store"
-cp "$root/Dockerfile" "$root/requirements.txt" "$root/config.properties" "$root/log4j2.xml" "$root/train.py" "$context/"
+cp "$root/Dockerfile" "$root/requirements.txt" "$root/config.properties" "$root/metrics.yaml" "$root/log4j2.xml" \
+  "$root/train.py" "$context/"
 for dir in model handler scripts gateway; do
   cp -r "$root/$dir" "$context/$dir"
 done

@@ -474,3 +474,12 @@ def test_cpu_overlay_asks_for_no_gpu(render):
     for container in containers(docs):
         assert GPU not in str(container.get("resources", {})), container["name"]
     assert not pod_spec(docs).get("tolerations")
+
+
+def test_the_readmes_deploy_what_these_tests_render():
+    """Every `kubectl apply -k DIR` / `-f FILE` in the READMEs names a kustomization (or file) checked here."""
+    texts = (ROOT / "README.md").read_text() + (K8S / "README.md").read_text()
+    applied = set(re.findall(r"kubectl apply -k (deploy/k8s/\S+)", texts))
+    assert applied and {path.removeprefix("deploy/k8s/").rstrip("/") for path in applied} <= set(KUSTOMIZATIONS)
+    for path in re.findall(r"kubectl apply -f (deploy/k8s/\S+)", texts):
+        assert (ROOT / path).is_file(), path

@@ -1,19 +1,23 @@
 """The handler's pure functions and the handler itself under TorchServe's own Context, no server."""
 import base64
 import json
+import os
 import shutil
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from ts.context import Context, RequestProcessor
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 import train
 from handler import digit_handler
 from handler.digit_handler import DigitHandler
 from model import preprocessing
 from model.preprocessing import InputError
-from tests.conftest import npy_bytes, png_bytes, sklearn_scans_u8
+from tests.conftest import ROOT, npy_bytes, png_bytes, sklearn_scans_u8
+from tests.integration import bad_inputs
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +47,11 @@ def make_context(model_dir, batch_size: int, yaml_config=None, requests=None) ->
         model_yaml_config=yaml_config if yaml_config is not None else {"handler": {"topk": 3}},
     )
     context.request_processor = [RequestProcessor(dict(properties)) for properties in requests or [REST_REQUEST] * batch_size]
+    # TorchServe's own metrics cache, with the bundle's metrics.yaml, as a worker has it.
+    metrics = MetricsCacheYamlImpl(config_file_path=str(ROOT / "metrics.yaml"))
+    metrics.initialize_cache()
+    metrics.set_request_ids({idx: f"request-{idx}" for idx in range(batch_size)})
+    context.metrics = metrics
     return context
 
 
@@ -80,10 +89,27 @@ def test_initialize_reads_weights_labels_and_settings(handler):
     assert isinstance(handler.model, torch.jit.ScriptModule)  # optimize_for_cpu: frozen, eval-only
 
 
-def test_select_device():
+NO_CUDA = "no CUDA GPU on this machine: GPU placement is not tested here (scripts/gpu_check.sh on a GPU machine)"
+
+
+def test_a_worker_without_a_gpu_runs_on_the_cpu():
     assert digit_handler.select_device(None) == torch.device("cpu")
-    expected = torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
-    assert digit_handler.select_device(0) == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present: the fallback cannot be seen")
+def test_a_gpu_id_without_cuda_falls_back_to_the_cpu():
+    assert digit_handler.select_device(0) == torch.device("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+def test_a_worker_given_a_gpu_runs_on_it(model_dir):
+    assert digit_handler.select_device(0) == torch.device("cuda:0")
+    handler = DigitHandler()
+    context = make_context(model_dir, 1)
+    context.system_properties["gpu_id"] = 0
+    handler.initialize(context)
+    assert handler.device == torch.device("cuda:0")
+    assert next(handler.model.parameters()).device == torch.device("cuda:0")
 
 
 def test_weights_load_with_weights_only(artifacts):
@@ -109,6 +135,8 @@ def test_batch_of_every_input_kind_predicts_the_true_digits(handler, model_dir, 
         assert probabilities == sorted(probabilities, reverse=True)
         assert answer["probability"] == probabilities[0] and 0 < answer["probability"] <= 1
     assert context.get_response_headers(0)["X-Batch-Size"] == "4"
+    batch_ids = {context.get_response_headers(idx)["X-Batch-Id"] for idx in range(4)}
+    assert len(batch_ids) == 1 and batch_ids.pop().startswith(f"{os.getpid()}-")
     assert context.get_response_content_type(0) == "application/json"
 
 
@@ -295,3 +323,95 @@ def test_verify_weights_checks_the_recorded_file_name(model_dir, tmp_path):
         digit_handler.verify_weights(str(model_dir / train.WEIGHTS_FILE), str(digest_path))
     digest_path.write_text(f"{digest}  {train.WEIGHTS_FILE}\n")
     assert digit_handler.verify_weights(str(model_dir / train.WEIGHTS_FILE), str(digest_path)) == digest
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def emitted(caplog) -> list[tuple[str, float, dict]]:
+    """The metric lines TorchServe's metrics API wrote ([METRICS]name.Unit:value|#Dim:value,...|...)."""
+    rows = []
+    for record in caplog.records:
+        message = record.getMessage()
+        if message.startswith("[METRICS]"):
+            head, dimensions = message[len("[METRICS]"):].split("|")[:2]
+            name, value = head.rsplit(":", 1)
+            labels = dict(pair.split(":", 1) for pair in dimensions.removeprefix("#").split(","))
+            rows.append((name.rsplit(".", 1)[0], float(value), labels))
+    return rows
+
+
+def declared_model_metrics() -> dict[str, list[str]]:
+    config = yaml.safe_load((ROOT / "metrics.yaml").read_text())
+    return {metric["name"]: metric["dimensions"] for kind in config["model_metrics"].values() for metric in kind}
+
+
+def test_a_batch_reports_its_requests_refusals_images_and_answers(handler, model_dir, test_split, caplog):
+    images, labels = test_split
+    frame = np.rint(preprocessing.to_mnist_geometry(images[2] / 255.0) * 255).astype(int).tolist()
+    rows = [
+        {"body": bytearray(png_bytes(images[0]))},
+        {"body": {"data": base64.b64encode(png_bytes(images[1])).decode()}},
+        {"body": {"pixels": frame}},
+        {"body": bytearray(npy_bytes(images[3:6]))},
+        {"body": bytearray(b"not an image at all")},
+        {"body": bytearray(b"")},
+    ]
+    caplog.set_level("INFO")
+    answers, statuses, _ = run_batch(handler, model_dir, rows)
+    assert statuses == [200, 200, 200, 200, 400, 400]
+    metrics = emitted(caplog)
+    declared = declared_model_metrics()
+    for name, _, dimensions in metrics:  # undeclared metrics are dropped by TorchServe's frontend, silently
+        assert name in declared and list(dimensions) == declared[name], (name, dimensions)
+    totals = {}
+    for name, value, dimensions in metrics:
+        key = (name, *(value for key, value in dimensions.items() if key not in ("ModelName", "Level")))
+        totals[key] = totals.get(key, 0) + value
+        assert dimensions["ModelName"] == "digits" and dimensions["Level"] == "Model"
+    assert totals[("digits_requests_total", "image")] == 2
+    assert totals[("digits_requests_total", "pixels")] == 1
+    assert totals[("digits_requests_total", "multi_image")] == 1
+    assert totals[("digits_refusals_total", "InputError", "not_an_image")] == 1
+    assert totals[("digits_refusals_total", "InputError", "empty_body")] == 1
+    assert totals[("digits_images_total",)] == 6 and totals[("digits_batches_total",)] == 1
+    assert totals[("digits_preprocessing_milliseconds_total",)] > 0
+    assert totals[("HandlerTime",)] >= totals[("digits_preprocessing_milliseconds_total",)]  # TorchServe's gauge
+    answered = [answers[0]["label"], answers[1]["label"], answers[2]["label"],
+                *[answer["label"] for answer in answers[3]["predictions"]]]
+    predicted = {key[1]: value for key, value in totals.items() if key[0] == "digits_predictions_total"}
+    assert predicted == {label: answered.count(label) for label in set(answered)}
+    # One metric line per label value and batch, never one per request.
+    assert len(metrics) == len(set((name, tuple(dimensions.items())) for name, _, dimensions in metrics))
+
+
+def test_a_worker_reports_its_start_memory_and_cpu(model_dir, caplog):
+    caplog.set_level("INFO")
+    DigitHandler().initialize(make_context(model_dir, 1))
+    metrics = {name: (value, dimensions) for name, value, dimensions in emitted(caplog)}
+    assert metrics["digits_worker_starts_total"][0] == 1
+    memory, dimensions = metrics["digits_worker_resident_memory_bytes"]
+    assert memory > 50e6 and int(dimensions["Worker"]) > 0
+    assert metrics["digits_worker_cpu_seconds_total"][0] > 0
+
+
+@pytest.mark.parametrize("name", sorted(bad_inputs.REFUSED))
+def test_every_refusal_of_the_bad_input_matrix_has_its_own_reason(name, test_split):
+    body = bad_inputs.refused_bodies(test_split[0][0])[name]
+    with pytest.raises(InputError) as refused:
+        digit_handler.parse_request({"body": bytearray(body)}, 20, 3, 10)
+    expected = {
+        "empty body": "empty_body", "random bytes": "not_an_image", "text": "not_an_image",
+        "truncated png": "unreadable_image", "decompression bomb 50000x50000": "image_too_large",
+        "5000x5000 png header": "image_too_large", "1x1 image": "image_too_small", "json not an object": "bad_json",
+        "bad base64": "bad_base64", "pixels of the wrong shape": "bad_pixels", "pixels with NaN": "bad_pixels",
+        "pixels out of range": "bad_pixels",
+    }
+    assert digit_handler.refusal_reason(refused.value) == expected[name]
+
+
+def test_refusal_reasons_of_multi_image_requests_and_limits():
+    assert digit_handler.refusal_reason(InputError("image 3: image 0: blank image: no digit found")) == "blank_image"
+    assert digit_handler.refusal_reason(preprocessing.InputTooLarge("300 images in one request")) == "too_many_images"
+    assert digit_handler.refusal_reason(RuntimeError("bug")) == "internal"
+    assert digit_handler.refusal_reason(InputError("something new")) == "bad_request"

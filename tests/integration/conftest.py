@@ -121,5 +121,6 @@ def server(model_store, workdir_factory):
     server = start_server(model_store, workdir_factory(), f"digits.mar,{BATCH_MODEL}.mar")
     yield server
     pids = server.stop()
+    assert not server.killed, f"torchserve --stop left {server.killed} running: they needed SIGKILL"
     alive = [pid for pid in pids if psutil.pid_exists(pid)]
     assert not alive, f"TorchServe processes left behind: {alive}"

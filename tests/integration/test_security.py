@@ -35,6 +35,7 @@ class Payload:
 
 def stop_and_check(server) -> None:
     pids = server.stop()
+    assert not server.killed, f"torchserve --stop left {server.killed} running: they needed SIGKILL"
     assert not [pid for pid in pids if psutil.pid_exists(pid)]
 
 
@@ -190,5 +191,6 @@ def test_a_killed_worker_is_replaced_and_only_its_requests_fail(model_store, wor
     failures = [(round(started - killed_at, 2), outcome, round(seconds, 1))
                 for started, outcome, seconds in outcomes if outcome != "right"]
     assert len(failures) <= 4, failures  # at most the requests in flight (4 clients)
-    assert all(isinstance(outcome, int) and outcome >= 500 and seconds < 31
+    # README: each failure is a 5xx "answered at once" -- a few seconds at most, never the 30 s response timeout.
+    assert all(isinstance(outcome, int) and outcome >= 500 and seconds < 3
                for _, outcome, seconds in failures), failures

@@ -89,10 +89,27 @@ def test_transparent_background_keeps_the_strokes(stroke):
 
 
 def test_palette_png_with_transparency():
-    image = Image.fromarray(digit_seven(32)).convert("P")
-    image.info["transparency"] = 0
-    tensor = preprocessing.image_bytes_to_tensor(encode(image, "PNG", transparency=0))
-    assert tensor.shape == (1, 28, 28) and torch.isfinite(tensor).all()
+    """A palette image whose background entry is grey but transparent, with white strokes: decoded, the background
+    is flattened to black (under light strokes), not read as its grey."""
+    strokes = digit_seven(32) > 127
+    image = Image.fromarray(strokes.astype(np.uint8), "P")
+    image.putpalette([128, 128, 128, 255, 255, 255] + [0, 0, 0] * 254)  # 0: grey (transparent), 1: white
+    grey = preprocessing.decode_image(encode(image, "PNG", transparency=0))
+    np.testing.assert_allclose(grey, strokes.astype(np.float32), atol=1e-6)
+
+
+@pytest.mark.parametrize("stroke, background", [(0, 1.0), (255, 0.0)])
+def test_alpha_is_flattened_onto_a_background_that_contrasts_with_the_strokes(stroke, background):
+    """Opaque, half-transparent and transparent pixels of one stroke colour: grey = stroke x alpha + the
+    background (white under dark strokes, black under light ones) x (1 - alpha)."""
+    alpha = np.array([[255, 128, 0], [255, 255, 0]], dtype=np.uint8)
+    rgba = np.zeros((2, 3, 4), dtype=np.uint8)
+    rgba[..., :3] = stroke
+    rgba[..., 3] = alpha
+    grey = preprocessing.image_to_grey(Image.fromarray(rgba, "RGBA"))
+    a = alpha / 255.0
+    np.testing.assert_allclose(grey, stroke / 255.0 * a + background * (1 - a), atol=1e-6)
+    assert grey.dtype == np.float32
 
 
 def test_animated_gif_uses_the_first_frame():
