@@ -19,7 +19,11 @@ one thread, keep-alive connections, on this same machine:
   * worker and frontend RSS after warm-up and at the end (the full run sends >= 100,000 requests first);
   * recovery: kill -9 one worker under load (wrk at concurrency 8), 5 times (quick: once): seconds until TorchServe
     has replaced it (describe shows every worker READY again), and the requests that failed meanwhile. Only with
-    the benchmark's own server: it never kills the workers of a server given with --url.
+    the benchmark's own server: it never kills the workers of a server given with --url;
+  * the peer (unless --no-peer): a plain FastAPI + uvicorn server over the same .mar's model and the same
+    preprocessing (scripts/peer_server.py: 2 worker processes, batch 1, one torch thread each, a bearer-token check),
+    measured right after TorchServe's load settings with the same wrk settings; the table puts the ratio
+    TorchServe / peer beside every figure. TorchServe stays up, idle, while the peer runs.
 
 With --profile it also samples one worker with py-spy during the concurrency-64 run and reports where its time
 goes (the share of samples inside each function): the "what limits it" of the README comes from there.
@@ -34,6 +38,7 @@ import io
 import json
 import multiprocessing
 import os
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -67,9 +72,9 @@ RECOVERY_LOAD_SECONDS = 20  # wrk's run around each kill: 2 s before it, the res
 # ---------------------------------------------------------------- inputs
 
 
-def sample_inputs(count: int) -> tuple[bytes, bytes, list[int]]:
-    """(one 28x28 PNG of a real MNIST digit, a .npy of `count` real digits, their labels), from the default
-    training run's held-out test split: digits the model never trained on."""
+def sample_inputs(count: int) -> tuple[bytes, bytes, list[int], list[tuple[bytes, int]]]:
+    """(one 28x28 PNG of a real MNIST digit, a .npy of `count` real digits, their labels, and one PNG of each digit
+    0-9 with its label), from the default training run's held-out test split: digits the model never trained on."""
     from PIL import Image
 
     import train
@@ -77,12 +82,31 @@ def sample_inputs(count: int) -> tuple[bytes, bytes, list[int]]:
     defaults = train.build_parser().parse_args([])
     images, labels = train.builtin_splits(defaults.dataset, (defaults.val_fraction, defaults.test_fraction),
                                           defaults.seed)["test"]
-    pixels, labels = images[:count], labels[:count]
-    png = io.BytesIO()
-    Image.fromarray(pixels[0]).save(png, format="PNG")
+    def png_of(pixels: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        return buffer.getvalue()
+
     npy = io.BytesIO()
-    np.save(npy, pixels, allow_pickle=False)
-    return png.getvalue(), npy.getvalue(), [int(label) for label in labels]
+    np.save(npy, images[:count], allow_pickle=False)
+    per_digit = [(png_of(images[index]), int(labels[index])) for digit in range(10)
+                 for index in np.flatnonzero(labels == digit)[:5]]  # five candidates per digit
+    return png_of(images[0]), npy.getvalue(), [int(label) for label in labels[:count]], per_digit
+
+
+def answered_right(url: str, token: str, candidates: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
+    """One PNG per digit that the server classifies as its true label (the soak then checks every answer against
+    it: a wrong one is a mix-up or a fault under load, not the model's error on a hard digit)."""
+    import requests
+
+    chosen = {}
+    for data, label in candidates:
+        if label not in chosen:
+            answer = requests.post(url, data=data, timeout=30,
+                                   headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"})
+            if answer.status_code == 200 and answer.json()["label"] == str(label):
+                chosen[label] = (data, label)
+    return sorted(chosen.values(), key=lambda pair: pair[1])
 
 
 # ---------------------------------------------------------------- the raw ceiling
@@ -140,14 +164,16 @@ def preprocessing_cost(png: bytes, npy: bytes, resolution: int, repeat: int) -> 
 # ---------------------------------------------------------------- load
 
 
-def run_wrk(url: str, body: Path, token: str, content_type: str, concurrency: int, seconds: float,
-            label: int | None = None) -> dict:
-    """One wrk run; its JSON summary plus requests/s and error total. With `label`, every answer is checked:
-    wrong_answers counts those that are not a 200 naming that digit."""
-    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
-               "-s", str(WRK_SCRIPT), url, "--", str(body), token, content_type]
-    if label is not None:
-        command.append(str(label))
+def run_wrk(url: str, body: Path | list[tuple[Path, int]], token: str, content_type: str, concurrency: int,
+            seconds: float) -> dict:
+    """One wrk run; its JSON summary plus requests/s and error total. `body` is one file, or (file, label) pairs
+    sent in turn with every answer checked: wrong_answers counts those that are not a 200 whose top-1 label is the
+    one of the body sent on that connection (one connection per wrk thread, see wrk_post.lua)."""
+    checked = isinstance(body, list)
+    bodies = [f"{path}={label}" for path, label in body] if checked else [str(body)]
+    threads = concurrency if checked else 1
+    command = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+               "-s", str(WRK_SCRIPT), url, "--", token, content_type, *bodies]
     output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
     summary = json.loads(output.strip().splitlines()[-1])
     summary["requests_per_s"] = summary["requests"] / (summary["duration_us"] / 1e6)
@@ -155,15 +181,16 @@ def run_wrk(url: str, body: Path, token: str, content_type: str, concurrency: in
     return summary
 
 
-def soak(url: str, body: Path, token: str, label: int, requests: int, rate: float | None) -> dict:
-    """At least `requests` requests at concurrency 32, every answer checked. wrk runs for a duration, not a count:
+def soak(url: str, bodies: list[tuple[Path, int]], token: str, requests: int, rate: float | None) -> dict:
+    """At least `requests` requests at concurrency 32, several digits in turn, every answer checked against the digit
+    sent on its connection. wrk runs for a duration, not a count:
     a run is sized from `rate` (requests/s) with 10% to spare, and a short one follows if it fell short. Without a
     rate (no concurrency-64 run before it), a 3 s run measures one first."""
     runs = []
     while (done := sum(run["requests"] for run in runs)) < requests:
         seconds = 3 if rate is None else (requests - done) / max(rate, 50.0) * 1.1 + 1
         print(f"soak: {done} requests so far, {seconds:.0f} s more at concurrency {SOAK_CONCURRENCY} ...", flush=True)
-        runs.append(run_wrk(url, body, token, "image/png", SOAK_CONCURRENCY, seconds, label))
+        runs.append(run_wrk(url, bodies, token, "image/png", SOAK_CONCURRENCY, seconds))
         rate = runs[-1]["requests_per_s"]
         if not runs[-1]["requests"]:  # nothing answered: the server is gone; report what was reached
             break
@@ -171,6 +198,7 @@ def soak(url: str, body: Path, token: str, label: int, requests: int, rate: floa
     return {"requests": done, "concurrency": SOAK_CONCURRENCY, "wrk_runs": len(runs), "seconds": seconds,
             "requests_per_s": done / seconds, "errors": sum(run["error_count"] for run in runs),
             "wrong_answers": sum(run["wrong_answers"] for run in runs),
+            "checked_answers": sum(run["checked_answers"] for run in runs), "digits": len(bodies),
             "p99_us": max(run["latency_us"]["p99"] for run in runs),
             "max_latency_us": max(run["latency_us"]["max"] for run in runs)}
 
@@ -249,6 +277,17 @@ def print_table(results: dict) -> None:
         print(f"{run['name']:<28} {run['requests_per_s']:>8.0f} {run['images_per_s']:>9.0f} "
               f"{latency['p50'] / 1e3:>7.2f} {latency['p90'] / 1e3:>7.2f} {latency['p99'] / 1e3:>7.2f} "
               f"{run['error_count']:>6}")
+    peer = results.get("peer")
+    if peer:
+        print(f"\nthe peer ({peer['server']}), and TorchServe / peer:")
+        print(f"{'setting':<28} {'req/s':>8} {'images/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}"
+              f" {'x req/s':>8} {'x p50':>6} {'x p99':>6}")
+        for ours, theirs in zip(results["runs"], peer["runs"]):
+            latency, mine = theirs["latency_us"], ours["latency_us"]
+            print(f"{theirs['name']:<28} {theirs['requests_per_s']:>8.0f} {theirs['images_per_s']:>9.0f} "
+                  f"{latency['p50'] / 1e3:>7.2f} {latency['p99'] / 1e3:>7.2f} {theirs['error_count']:>6} "
+                  f"{ours['requests_per_s'] / theirs['requests_per_s']:>8.2f} "
+                  f"{mine['p50'] / latency['p50']:>6.2f} {mine['p99'] / latency['p99']:>6.2f}")
     raw = results["raw"]
     if raw:
         print(f"\nraw in-process ceiling: {raw['images_per_s']:.0f} images/s (batch {raw['batch']}, "
@@ -294,18 +333,23 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [run for run in results["runs"] if run["images_per_request"] == 1 and run["name"].startswith("PNG")]
     figure, axis = plt.subplots(figsize=(6, 4))
-    for key, style in (("p50", "o-"), ("p90", "s--"), ("p99", "^:")):
-        axis.plot([run["requests_per_s"] for run in runs], [run["latency_us"][key] / 1e3 for run in runs], style,
-                  label=key)
-    for run in runs:
-        axis.annotate(f"c={run['concurrency']}", (run["requests_per_s"], run["latency_us"]["p99"] / 1e3),
-                      textcoords="offset points", xytext=(4, 4), fontsize=8)
+    peer = results.get("peer")
+    for who, all_runs, colour in (("TorchServe", results["runs"], "tab:blue"),
+                                  ("FastAPI peer", peer["runs"] if peer else [], "tab:orange")):
+        runs = [run for run in all_runs if run["images_per_request"] == 1]
+        if not runs:
+            continue
+        for key, style in (("p50", "o-"), ("p99", "^:")):
+            axis.plot([run["requests_per_s"] for run in runs], [run["latency_us"][key] / 1e3 for run in runs], style,
+                      color=colour, label=f"{who} {key}")
+        for run in runs:
+            axis.annotate(f"c={run['concurrency']}", (run["requests_per_s"], run["latency_us"]["p99"] / 1e3),
+                          textcoords="offset points", xytext=(4, 4), fontsize=8, color=colour)
     axis.set_xlabel("throughput (requests/s)")
     axis.set_ylabel("latency (ms)")
     axis.set_yscale("log")
-    axis.set_title("single-image PNG requests, TorchServe 0.12.0, 2 workers")
+    axis.set_title("single-image PNG requests, 2 workers each")
     axis.legend()
     axis.grid(True, alpha=0.3)
     figure.tight_layout()
@@ -338,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="workers killed in the recovery measurement (default: {full}, quick {quick}; "
                              "0 skips it)".format(**KILLS))
     parser.add_argument("--profile", action="store_true", help="sample a worker with py-spy at concurrency 64")
+    parser.add_argument("--no-peer", dest="peer", action="store_false",
+                        help="do not measure the FastAPI peer (scripts/peer_server.py)")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     durations = dict(DURATIONS[mode])
@@ -362,9 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="ts-bench-"))
     server = None
     try:
-        png, npy, labels = sample_inputs(IMAGES_PER_REQUEST)
+        png, npy, labels, pngs = sample_inputs(IMAGES_PER_REQUEST)
         (work / "digit.png").write_bytes(png)
         (work / "digits.npy").write_bytes(npy)
+
         if args.url is None:
             store = work / "store"
             store.mkdir()
@@ -385,18 +432,25 @@ def main(argv: list[str] | None = None) -> int:
         rate = None  # the soak's first estimate: the concurrency-64 run's (the warm-up's rate is still climbing)
         memory_warm = resident_memory(pids)
 
-        runs, profile = [], []
+        runs, profile, peer = [], [], None
         if args.only is None:
             runs, profile = load_settings(url, work, token, durations, pids, args)
             total += sum(run["requests"] for run in runs)
             rate = runs[2]["requests_per_s"]
+            if args.peer:
+                peer = measure_peer(args.archive if args.url is None else ROOT / "model_store" / "digits.mar",
+                                    args.model, work, durations)
 
         soaked = None
         if soak_requests > 0 and args.only in (None, "soak"):
+            soak_bodies = []  # different digits in turn: an answer given to the wrong request is caught
+            for data, label in answered_right(url, token, pngs):
+                (work / f"soak-{label}.png").write_bytes(data)
+                soak_bodies.append((work / f"soak-{label}.png", label))
             if mode == "full" and args.only is None:  # the memory reading comes after >= 100,000 requests
                 soak_requests = max(soak_requests, MEMORY_REQUESTS - total)
             before = resident_memory(pids)
-            soaked = soak(url, work / "digit.png", token, labels[0], soak_requests, rate)
+            soaked = soak(url, soak_bodies, token, soak_requests, rate)
             soaked["rss_before_mib"], soaked["rss_after_mib"] = before, resident_memory(pids)
             total += soaked["requests"]
         memory_end = resident_memory(pids)
@@ -421,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {
             "machine": {"cpus": os.cpu_count(), "torch_threads_per_worker": 1, "workers": workers},
             "runs": runs,
+            "peer": peer,
             "raw": raw,
             "profile_worker_at_c64": profile,
             "soak": soaked,
@@ -442,12 +497,13 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def load_settings(url: str, work: Path, token: str, durations: dict, pids: dict, args) -> tuple[list, list]:
+def load_settings(url: str, work: Path, token: str, durations: dict, pids: dict | None, args,
+                  who: str = "") -> tuple[list, list]:
     """Single-image PNG requests at each concurrency (py-spy on one worker at 64 with --profile), then .npy."""
     runs, profile = [], []
     for concurrency in CONCURRENCY:
-        print(f"PNG, concurrency {concurrency}, {durations['single']} s ...", flush=True)
-        if args.profile and concurrency == 64:
+        print(f"{who}PNG, concurrency {concurrency}, {durations['single']} s ...", flush=True)
+        if args.profile and pids and concurrency == 64:
             from concurrent.futures import ThreadPoolExecutor
 
             worker = next(pid for name, pid in pids.items() if name.startswith("worker"))
@@ -460,12 +516,64 @@ def load_settings(url: str, work: Path, token: str, durations: dict, pids: dict,
             run = run_wrk(url, work / "digit.png", token, "image/png", concurrency, durations["single"])
         runs.append({"name": f"PNG, 1 image, c={concurrency}", "concurrency": concurrency,
                      "images_per_request": 1, "images_per_s": run["requests_per_s"], **run})
-    print(f".npy of {IMAGES_PER_REQUEST}, concurrency {MULTI_CONCURRENCY}, {durations['multi']} s ...", flush=True)
+    print(f"{who}.npy of {IMAGES_PER_REQUEST}, concurrency {MULTI_CONCURRENCY}, {durations['multi']} s ...", flush=True)
     run = run_wrk(url, work / "digits.npy", token, "application/octet-stream", MULTI_CONCURRENCY, durations["multi"])
     runs.append({"name": f".npy, {IMAGES_PER_REQUEST} images, c={MULTI_CONCURRENCY}",
                  "concurrency": MULTI_CONCURRENCY, "images_per_request": IMAGES_PER_REQUEST,
                  "images_per_s": run["requests_per_s"] * IMAGES_PER_REQUEST, **run})
     return runs, profile
+
+
+def measure_peer(archive: Path, model: str, work: Path, durations: dict) -> dict:
+    """Start the FastAPI peer on a free port, warm it up, run the same load settings, stop it."""
+    from scripts.local_server import free_ports
+
+    token = secrets.token_urlsafe(24)
+    (work / "peer_token").write_text(token)
+    port = free_ports(1)[0]
+    log = open(work / "peer.log", "wb")
+    print(f"starting the FastAPI peer (2 uvicorn workers) on 127.0.0.1:{port} ...", flush=True)
+    process = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "peer_server.py"), "--archive", str(archive),
+                                "--port", str(port), "--token-file", str(work / "peer_token"), "--workers", "2"],
+                               stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/predictions/{model}"
+    try:
+        wait_for_peer(f"http://127.0.0.1:{port}/ping", process, work / "peer.log")
+        run_wrk(url, work / "digit.png", token, "image/png", 16, durations["warmup"])
+        runs, _ = load_settings(url, work, token, durations, None, argparse.Namespace(profile=False), who="peer: ")
+        return {"server": "FastAPI + uvicorn, 2 workers, batch 1, 1 torch thread each", "runs": runs}
+    finally:
+        stop_process_tree(process)
+        log.close()
+
+
+def wait_for_peer(ping: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the peer exited ({process.returncode}): {log.read_text()[-2000:]}")
+        try:
+            if http_json(ping, None, timeout=2)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the peer did not answer {ping} within {timeout:.0f} s: {log.read_text()[-2000:]}")
+
+
+def stop_process_tree(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM to uvicorn's supervisor (it stops its workers), then SIGKILL to whatever of that tree is left."""
+    import psutil
+
+    try:
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    process.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=timeout)
+    for leftover in alive:
+        leftover.kill()
+    process.wait(timeout=timeout)
 
 
 def extract_weights(archive: Path, directory: Path) -> Path:
