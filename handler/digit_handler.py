@@ -451,7 +451,9 @@ class DigitHandler(BaseHandler):
         rows = batch_metrics([parsed for _, parsed in accepted], refusals, predicted, preprocessing_ms)
         if time.monotonic() - self.resources_reported >= RESOURCE_METRICS_SECONDS:
             rows += self.resource_metrics()
-        # TorchServe's BaseHandler.handle reports this gauge; this handle replaces it, so it reports it itself.
-        rows.append((HANDLER_TIME, round((time.perf_counter() - started) * 1000.0, 3), {}))
+        # TorchServe's BaseHandler.handle reports HandlerTime (a gauge: the last batch); this handle replaces it, so
+        # it reports it itself, and the same time summed as a counter (gauges lose all but the last batch).
+        handler_ms = round((time.perf_counter() - started) * 1000.0, 3)
+        rows += [(HANDLER_TIME, handler_ms, {}), ("digits_handler_milliseconds_total", handler_ms, {})]
         emit_metrics(context.metrics, rows, self.model_name, idx=0)
         return results

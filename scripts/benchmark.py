@@ -20,6 +20,10 @@ one thread, keep-alive connections, on this same machine:
   * recovery: kill -9 one worker under load (wrk at concurrency 8), 5 times (quick: once): seconds until TorchServe
     has replaced it (describe shows every worker READY again), and the requests that failed meanwhile. Only with
     the benchmark's own server: it never kills the workers of a server given with --url;
+  * overload: concurrency 256 for 30 s (quick: 3 s), more than TorchServe queues: how many answers were 200 and how
+    many 503 (queue full), anything else (other status, socket errors, timeouts), p99, and worker restarts;
+  * where a lone request's time goes (concurrency 1), from TorchServe's own counters: queue, handler, and the rest
+    of the frontend's time (TorchServe's frontend -> worker hop);
   * the peer (unless --no-peer): a plain FastAPI + uvicorn server over the same .mar's model and the same
     preprocessing (scripts/peer_server.py: 2 worker processes, batch 1, one torch thread each, a bearer-token check),
     measured right after TorchServe's load settings with the same wrk settings; the table puts the ratio
@@ -58,8 +62,9 @@ IMAGES_PER_REQUEST = 64  # frames in one multi-image request
 RAW_BATCH = 64  # batch size of the raw in-process ceiling
 MEMORY_REQUESTS = 100_000  # the full run sends at least this many requests before the final RSS reading
 # (seconds per setting) full / quick
-DURATIONS = {"full": {"warmup": 5, "single": 15, "multi": 10, "raw": 5}, "quick": {"warmup": 1, "single": 2,
-                                                                                     "multi": 2, "raw": 1}}
+DURATIONS = {"full": {"warmup": 5, "single": 15, "multi": 10, "raw": 5, "overload": 30},
+             "quick": {"warmup": 1, "single": 2, "multi": 2, "raw": 1, "overload": 3}}
+OVERLOAD_CONCURRENCY = 256  # far more connections than the queue (job_queue_size) holds
 CONCURRENCY = (1, 16, 64)
 MULTI_CONCURRENCY = 4
 SOAK_REQUESTS = {"full": 50_000, "quick": 2_000}
@@ -203,6 +208,24 @@ def soak(url: str, bodies: list[tuple[Path, int]], token: str, requests: int, ra
             "max_latency_us": max(run["latency_us"]["max"] for run in runs)}
 
 
+def overload(url: str, body: Path, token: str, seconds: float, workers) -> dict:
+    """Concurrency 256 for `seconds`: more requests than TorchServe queues (job_queue_size). Each must be answered,
+    200 or 503 (queue full), none may wait out wrk's 10 s timeout, and no worker may be restarted (`workers()`
+    returns the worker pids before and after)."""
+    print(f"overload: concurrency {OVERLOAD_CONCURRENCY}, {seconds:.0f} s ...", flush=True)
+    before = workers()
+    run = run_wrk(url, body, token, "image/png", OVERLOAD_CONCURRENCY, seconds)
+    after = workers()
+    errors = run["errors"]
+    return {"concurrency": OVERLOAD_CONCURRENCY, "seconds": run["duration_us"] / 1e6, "requests": run["requests"],
+            "requests_per_s": run["requests_per_s"], "answered_200": run["requests"] - errors["status"],
+            "answered_503": run["status_503"], "other_status": errors["status"] - run["status_503"],
+            "socket_errors": errors["connect"] + errors["read"] + errors["write"], "timeouts": errors["timeout"],
+            "p50_us": run["latency_us"]["p50"], "p99_us": run["latency_us"]["p99"],
+            "max_latency_us": run["latency_us"]["max"],
+            "worker_restarts": len(set(before.values()) - set(after.values()))}
+
+
 def recovery(server, model: str, url: str, body: Path, token: str, kills: int) -> dict:
     """kill -9 a worker under wrk load, `kills` times: seconds until TorchServe has replaced it, requests lost."""
     from concurrent.futures import ThreadPoolExecutor
@@ -277,6 +300,12 @@ def print_table(results: dict) -> None:
         print(f"{run['name']:<28} {run['requests_per_s']:>8.0f} {run['images_per_s']:>9.0f} "
               f"{latency['p50'] / 1e3:>7.2f} {latency['p90'] / 1e3:>7.2f} {latency['p99'] / 1e3:>7.2f} "
               f"{run['error_count']:>6}")
+    split = next((run["split_ms"] for run in results["runs"] if run.get("split_ms")), None)
+    if split:
+        print(f"\na lone request (concurrency 1), mean ms from TorchServe's counters: client {split['client']:.2f} = "
+              f"to the frontend and back {split['client_to_frontend']:.2f} + frontend {split['frontend']:.2f} "
+              f"(queue {split['queue']:.2f} + handler {split['handler']:.2f} + TorchServe's hop "
+              f"{split['torchserve_hop']:.2f}); {split['requests_per_batch']:.2f} requests per batch")
     peer = results.get("peer")
     if peer:
         print(f"\nthe peer ({peer['server']}), and TorchServe / peer:")
@@ -298,6 +327,14 @@ def print_table(results: dict) -> None:
         if multi:
             print(f"multi-image requests: {multi[0]['images_per_s']:.0f} images/s = "
                   f"{multi[0]['images_per_s'] / raw['images_per_s']:.0%} of the raw ceiling")
+    overloaded = results.get("overload")
+    if overloaded:
+        print(f"\noverload: concurrency {overloaded['concurrency']} for {overloaded['seconds']:.0f} s, "
+              f"{overloaded['requests_per_s']:.0f} req/s: {overloaded['answered_200']} answered 200, "
+              f"{overloaded['answered_503']} 503 (queue full), {overloaded['other_status']} other status, "
+              f"{overloaded['socket_errors']} socket errors, {overloaded['timeouts']} timeouts; "
+              f"p50 {overloaded['p50_us'] / 1e3:.1f} ms, p99 {overloaded['p99_us'] / 1e3:.0f} ms, "
+              f"max {overloaded['max_latency_us'] / 1e3:.0f} ms; {overloaded['worker_restarts']} worker restarts")
     soaked = results["soak"]
     if soaked:
         print(f"\nsoak: {soaked['requests']} requests at concurrency {soaked['concurrency']} "
@@ -363,12 +400,13 @@ def plot(results: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run of every step, under a minute")
-    parser.add_argument("--only", choices=("soak", "recovery"), default=None,
+    parser.add_argument("--only", choices=("soak", "recovery", "overload"), default=None,
                         help="after the warm-up, run only this part (default: everything)")
     parser.add_argument("--archive", type=Path, default=ROOT / "model_store" / "digits.mar",
                         help="the .mar to serve (ignored with --url)")
     parser.add_argument("--url", default=None, help="inference address of a running TorchServe (default: start one)")
     parser.add_argument("--management", default="http://127.0.0.1:8081", help="its management address (with --url)")
+    parser.add_argument("--metrics", default="http://127.0.0.1:8082", help="its metrics address (with --url)")
     parser.add_argument("--key-file", type=Path, default=ROOT / "key_file.json", help="its token file (with --url)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model name")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "artifacts" / "bench")
@@ -419,9 +457,10 @@ def main(argv: list[str] | None = None) -> int:
             print("starting TorchServe ...", flush=True)
             server = start_server(store, work / "server", "digits.mar")
             inference, management = server.endpoints.inference, server.endpoints.management
-            key_file, frontend = server.endpoints.key_file, server.frontend_pid()
+            key_file, frontend, metrics = server.endpoints.key_file, server.frontend_pid(), server.endpoints.metrics
         else:
             inference, management, key_file, frontend = args.url.rstrip("/"), args.management, args.key_file, None
+            metrics = args.metrics.rstrip("/")
         token, management_token = read_token(key_file, "inference"), read_token(key_file, "management")
         url = f"{inference}/predictions/{args.model}"
         pids = server_pids(management, management_token, args.model, frontend)
@@ -434,12 +473,17 @@ def main(argv: list[str] | None = None) -> int:
 
         runs, profile, peer = [], [], None
         if args.only is None:
-            runs, profile = load_settings(url, work, token, durations, pids, args)
+            runs, profile = load_settings(url, work, token, durations, pids, args, metrics=metrics)
             total += sum(run["requests"] for run in runs)
             rate = runs[2]["requests_per_s"]
             if args.peer:
                 peer = measure_peer(args.archive if args.url is None else ROOT / "model_store" / "digits.mar",
                                     args.model, work, durations)
+
+        overloaded = None
+        if args.only in (None, "overload"):
+            overloaded = overload(url, work / "digit.png", token, durations["overload"],
+                                  lambda: server_pids(management, management_token, args.model, None))
 
         soaked = None
         if soak_requests > 0 and args.only in (None, "soak"):
@@ -478,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             "peer": peer,
             "raw": raw,
             "profile_worker_at_c64": profile,
+            "overload": overloaded,
             "soak": soaked,
             "recovery": recovered,
             "memory": {"after_warmup_mib": memory_warm, "at_end_mib": memory_end, "requests": total},
@@ -494,15 +539,19 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     print(f"\nwrote {args.output_dir / 'results.json'}" + (f" and {args.output_dir / 'latency.png'}" if runs else ""))
     failed = soaked is not None and (soaked["errors"] or soaked["wrong_answers"] or soaked["requests"] < soak_requests)
+    failed = failed or overloaded is not None and any(
+        overloaded[key] for key in ("other_status", "socket_errors", "timeouts", "worker_restarts"))
     return 1 if failed else 0
 
 
 def load_settings(url: str, work: Path, token: str, durations: dict, pids: dict | None, args,
-                  who: str = "") -> tuple[list, list]:
-    """Single-image PNG requests at each concurrency (py-spy on one worker at 64 with --profile), then .npy."""
+                  who: str = "", metrics: str | None = None) -> tuple[list, list]:
+    """Single-image PNG requests at each concurrency (py-spy on one worker at 64 with --profile), then .npy.
+    With `metrics` (TorchServe's metrics URL), the concurrency-1 run also gets its latency split."""
     runs, profile = [], []
     for concurrency in CONCURRENCY:
         print(f"{who}PNG, concurrency {concurrency}, {durations['single']} s ...", flush=True)
+        before = scrape_counters(metrics) if metrics and concurrency == 1 else None
         if args.profile and pids and concurrency == 64:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -514,6 +563,8 @@ def load_settings(url: str, work: Path, token: str, durations: dict, pids: dict 
             shutil.copy(work / "profile.txt", args.output_dir / "profile.txt")
         else:
             run = run_wrk(url, work / "digit.png", token, "image/png", concurrency, durations["single"])
+        if before is not None:
+            run["split_ms"] = latency_split(before, scrape_counters(metrics), run)
         runs.append({"name": f"PNG, 1 image, c={concurrency}", "concurrency": concurrency,
                      "images_per_request": 1, "images_per_s": run["requests_per_s"], **run})
     print(f"{who}.npy of {IMAGES_PER_REQUEST}, concurrency {MULTI_CONCURRENCY}, {durations['multi']} s ...", flush=True)
@@ -522,6 +573,45 @@ def load_settings(url: str, work: Path, token: str, durations: dict, pids: dict 
                  "concurrency": MULTI_CONCURRENCY, "images_per_request": IMAGES_PER_REQUEST,
                  "images_per_s": run["requests_per_s"] * IMAGES_PER_REQUEST, **run})
     return runs, profile
+
+
+def scrape_counters(metrics: str) -> dict[str, float]:
+    """TorchServe's metrics endpoint (Prometheus text, no token in 0.12.0): each metric's samples summed."""
+    import requests
+
+    totals: dict[str, float] = {}
+    try:
+        text = requests.get(f"{metrics}/metrics", timeout=10).text
+    except OSError as error:  # requests' errors are OSErrors: no split then, the load numbers stand
+        print(f"benchmark.py: no latency split, {metrics}/metrics unreadable: {error}", file=sys.stderr)
+        return totals
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.split("{", 1)[0].split(" ", 1)[0], line.rsplit(" ", 1)[1]
+            totals[name] = totals.get(name, 0.0) + float(value)
+    return totals
+
+
+def latency_split(before: dict, after: dict, run: dict) -> dict:
+    """Where a request's time goes, in mean ms, from TorchServe's own counters over one wrk run: the client's wait;
+    the frontend's (ts_inference_latency: request in to answer out), of which the queue (ts_queue_latency: waiting
+    for a worker, the batch delay included) and the handler (digits_handler_milliseconds_total per batch);
+    what is left of the frontend's is TorchServe's hop: frontend -> worker socket, the worker's Python protocol
+    and request context, and back."""
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    requests = delta("ts_inference_requests_total")
+    if requests <= 0:
+        return {}
+    frontend = delta("ts_inference_latency_microseconds") / requests / 1e3
+    queue = delta("ts_queue_latency_microseconds") / requests / 1e3
+    batches = delta("digits_batches_total")
+    handler = delta("digits_handler_milliseconds_total") / batches if batches else float("nan")
+    client = run["latency_us"]["mean"] / 1e3
+    return {"client": client, "frontend": frontend, "queue": queue, "handler": handler,
+            "torchserve_hop": frontend - queue - handler, "client_to_frontend": client - frontend,
+            "requests_per_batch": requests / batches if batches else float("nan")}
 
 
 def measure_peer(archive: Path, model: str, work: Path, durations: dict) -> dict:

@@ -15,6 +15,7 @@ local sent = 0
 local threads = {}
 wrong = 0  -- globals: done() reads them from each thread with thread:get
 checked = 0
+unavailable = 0  -- 503 answers (a full queue under overload)
 
 function setup(thread)
   table.insert(threads, thread)
@@ -43,6 +44,9 @@ function request()
 end
 
 function response(status, headers, body)
+  if status == 503 then
+    unavailable = unavailable + 1
+  end
   local prefix = expected[sent]
   if prefix then
     checked = checked + 1
@@ -54,16 +58,17 @@ end
 
 function done(summary, latency, requests)
   local errors = summary.errors
-  local wrong_answers, checked_answers = 0, 0
+  local wrong_answers, checked_answers, unavailable_answers = 0, 0, 0
   for _, thread in ipairs(threads) do
     wrong_answers = wrong_answers + thread:get("wrong")
     checked_answers = checked_answers + thread:get("checked")
+    unavailable_answers = unavailable_answers + thread:get("unavailable")
   end
   io.write(string.format(
-    '{"requests": %d, "duration_us": %d, "bytes": %d, "wrong_answers": %d, "checked_answers": %d, ' ..
+    '{"requests": %d, "duration_us": %d, "bytes": %d, "wrong_answers": %d, "checked_answers": %d, "status_503": %d, ' ..
     '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, ' ..
     '"latency_us": {"p50": %d, "p90": %d, "p99": %d, "max": %d, "mean": %.1f}}\n',
-    summary.requests, summary.duration, summary.bytes, wrong_answers, checked_answers,
+    summary.requests, summary.duration, summary.bytes, wrong_answers, checked_answers, unavailable_answers,
     errors.connect, errors.read, errors.write, errors.status, errors.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
 end

@@ -377,6 +377,7 @@ def test_a_batch_reports_its_requests_refusals_images_and_answers(handler, model
     assert totals[("digits_images_total",)] == 6 and totals[("digits_batches_total",)] == 1
     assert totals[("digits_preprocessing_milliseconds_total",)] > 0
     assert totals[("HandlerTime",)] >= totals[("digits_preprocessing_milliseconds_total",)]  # TorchServe's gauge
+    assert totals[("digits_handler_milliseconds_total",)] == totals[("HandlerTime",)]  # one batch: the same time
     answered = [answers[0]["label"], answers[1]["label"], answers[2]["label"],
                 *[answer["label"] for answer in answers[3]["predictions"]]]
     predicted = {key[1]: value for key, value in totals.items() if key[0] == "digits_predictions_total"}

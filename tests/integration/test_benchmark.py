@@ -32,6 +32,10 @@ def test_quick_benchmark_measures_every_setting(model_store, tmp_path):
         assert run["requests"] > 0 and run["error_count"] == 0, run
         assert 0 < run["latency_us"]["p50"] <= run["latency_us"]["p90"] <= run["latency_us"]["p99"]
     assert results["runs"][3]["images_per_s"] == pytest.approx(results["runs"][3]["requests_per_s"] * 64)
+    split = results["runs"][0]["split_ms"]  # a lone request's time, from TorchServe's counters: parts add up
+    assert 0 < split["queue"] < split["frontend"] < split["client"] and 0 < split["handler"] < split["frontend"], split
+    assert split["queue"] + split["handler"] + split["torchserve_hop"] == pytest.approx(split["frontend"])
+    assert "a lone request (concurrency 1)" in result.stdout
     peer = results["peer"]  # the FastAPI peer, measured with the same settings; its table prints the ratios
     assert [run["name"] for run in peer["runs"]] == [run["name"] for run in results["runs"]]
     for run in peer["runs"]:
@@ -44,6 +48,11 @@ def test_quick_benchmark_measures_every_setting(model_store, tmp_path):
     assert sum(name.startswith("worker") for name in memory["at_end_mib"]) == 2
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "raw in-process ceiling" in result.stdout
+    overloaded = results["overload"]  # concurrency 256: every request answered 200 or 503, no worker restarted
+    assert overloaded["concurrency"] == 256 and overloaded["answered_200"] > 0, overloaded
+    assert overloaded["answered_200"] + overloaded["answered_503"] == overloaded["requests"], overloaded
+    for key in ("other_status", "socket_errors", "timeouts", "worker_restarts"):
+        assert overloaded[key] == 0, overloaded
     soaked = results["soak"]
     assert soaked["requests"] >= 2000 and soaked["concurrency"] == 32
     assert soaked["errors"] == 0 and soaked["wrong_answers"] == 0, soaked
