@@ -577,13 +577,13 @@ def load_settings(url: str, work: Path, token: str, durations: dict, pids: dict 
 
 def scrape_counters(metrics: str) -> dict[str, float]:
     """TorchServe's metrics endpoint (Prometheus text, no token in 0.12.0): each metric's samples summed."""
-    import requests
-
     totals: dict[str, float] = {}
     try:
-        text = requests.get(f"{metrics}/metrics", timeout=10).text
-    except OSError as error:  # requests' errors are OSErrors: no split then, the load numbers stand
-        print(f"benchmark.py: no latency split, {metrics}/metrics unreadable: {error}", file=sys.stderr)
+        status, text = http_json(f"{metrics}/metrics", None, timeout=10)
+    except OSError as error:  # no split then, the load numbers stand
+        status, text = None, error
+    if status != 200 or not isinstance(text, str):
+        print(f"benchmark.py: no latency split, {metrics}/metrics unreadable: {status} {text}", file=sys.stderr)
         return totals
     for line in text.splitlines():
         if line and not line.startswith("#"):
@@ -614,27 +614,37 @@ def latency_split(before: dict, after: dict, run: dict) -> dict:
             "requests_per_batch": requests / batches if batches else float("nan")}
 
 
-def measure_peer(archive: Path, model: str, work: Path, durations: dict) -> dict:
-    """Start the FastAPI peer on a free port, warm it up, run the same load settings, stop it."""
+def start_peer(archive: Path, work: Path, token: str) -> tuple[subprocess.Popen, str]:
+    """scripts/peer_server.py (2 uvicorn workers) on a free loopback port, answering /ping; its log in
+    work/peer.log. Returns the process (stop it with stop_process_tree) and its base URL."""
     from scripts.local_server import free_ports
 
-    token = secrets.token_urlsafe(24)
     (work / "peer_token").write_text(token)
     port = free_ports(1)[0]
-    log = open(work / "peer.log", "wb")
-    print(f"starting the FastAPI peer (2 uvicorn workers) on 127.0.0.1:{port} ...", flush=True)
-    process = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "peer_server.py"), "--archive", str(archive),
-                                "--port", str(port), "--token-file", str(work / "peer_token"), "--workers", "2"],
-                               stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/predictions/{model}"
+    with open(work / "peer.log", "wb") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "peer_server.py"), "--archive",
+                                    str(archive), "--port", str(port), "--token-file", str(work / "peer_token"),
+                                    "--workers", "2"], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_peer(f"http://127.0.0.1:{port}/ping", process, work / "peer.log")
+    except BaseException:
+        stop_process_tree(process)
+        raise
+    return process, f"http://127.0.0.1:{port}"
+
+
+def measure_peer(archive: Path, model: str, work: Path, durations: dict) -> dict:
+    """Start the FastAPI peer, warm it up, run the same load settings, stop it."""
+    token = secrets.token_urlsafe(24)
+    print("starting the FastAPI peer (2 uvicorn workers) ...", flush=True)
+    process, base = start_peer(archive, work, token)
+    url = f"{base}/predictions/{model}"
+    try:
         run_wrk(url, work / "digit.png", token, "image/png", 16, durations["warmup"])
         runs, _ = load_settings(url, work, token, durations, None, argparse.Namespace(profile=False), who="peer: ")
         return {"server": "FastAPI + uvicorn, 2 workers, batch 1, 1 torch thread each", "runs": runs}
     finally:
         stop_process_tree(process)
-        log.close()
 
 
 def wait_for_peer(ping: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:

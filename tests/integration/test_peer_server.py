@@ -3,15 +3,12 @@ handling and the same answers as TorchServe's handler. Checked against the real 
 both serving the same freshly built .mar."""
 from __future__ import annotations
 
-import sys
-
 import psutil
 import pytest
 import requests
 
 from scripts import benchmark
-from scripts.local_server import free_ports
-from tests.conftest import ROOT, npy_bytes, png_bytes
+from tests.conftest import npy_bytes, png_bytes
 from tests.integration import bad_inputs
 
 pytestmark = pytest.mark.integration
@@ -20,20 +17,12 @@ TIMEOUT = 30
 
 @pytest.fixture(scope="module")
 def peer(model_store, tmp_path_factory):
-    import subprocess
-
-    work = tmp_path_factory.mktemp("peer")
-    (work / "token").write_text("peer-token-0123456789")
-    port = free_ports(1)[0]
-    with open(work / "peer.log", "wb") as log:
-        process = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "peer_server.py"), "--archive",
-                                    str(model_store / "digits.mar"), "--port", str(port), "--token-file",
-                                    str(work / "token")], stdout=log, stderr=subprocess.STDOUT)
+    process, base = benchmark.start_peer(model_store / "digits.mar", tmp_path_factory.mktemp("peer"),
+                                         "peer-token-0123456789")
     try:
-        benchmark.wait_for_peer(f"http://127.0.0.1:{port}/ping", process, work / "peer.log")
         tree = [process.pid, *(child.pid for child in psutil.Process(process.pid).children(recursive=True))]
         assert len(tree) >= 3, "uvicorn's supervisor and 2 workers"
-        yield f"http://127.0.0.1:{port}", {"Authorization": "Bearer peer-token-0123456789"}
+        yield base, {"Authorization": "Bearer peer-token-0123456789"}
     finally:
         benchmark.stop_process_tree(process)
     assert not [pid for pid in tree if psutil.pid_exists(pid)], "the peer left processes behind"
