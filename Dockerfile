@@ -38,6 +38,7 @@ COPY model/ model/
 COPY handler/ handler/
 COPY scripts/ scripts/
 COPY gateway/ gateway/
+COPY web/ web/
 COPY model_store/digits.mar model_store/digits.mar
 
 # Everything the processes write goes under /tmp (STATE_DIR): the root filesystem can be mounted read-only.
@@ -47,7 +48,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     MODEL_STORE=/opt/digits/model_store \
     HOME=/tmp
 USER 10001:10001
-# 8080: REST inference and health; 7070: gRPC inference; 8082: metrics. TorchServe itself is not exposed.
+# 8080: REST inference, health and the web page (web/, at /); 7070: gRPC inference; 8082: metrics. TorchServe
+# itself is not exposed. Clients need the gateway's credential (the page has a field for it).
 EXPOSE 8080 7070 8082
 STOPSIGNAL SIGTERM
 # tini is PID 1: it reaps every process and passes docker stop's SIGTERM to gateway/run.py, which drains.

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3.11
 
-.PHONY: help venv train package package-v2 serve stop status predict demo wrk bench gpu-check docker image test clean
+.PHONY: help venv train package package-v2 serve stop status predict demo web nginx wrk bench gpu-check docker image test clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -54,6 +54,28 @@ demo: package  ## venv, train, package, serve, predict sample digits, stop
 
 # wrk drives the benchmark's load (Debian's package); installed when missing, as root or with sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# The web page (web/) on this machine: TorchServe behind the gateway, on loopback only, asking for no credential
+# (gateway/run.py refuses that mode on any other address). Ports apart from `make serve`'s and the image's.
+WEB_PORT ?= 8090
+WEB_GRPC_PORT ?= 7090
+WEB_METRICS_PORT ?= 8092
+WEB_INTERNAL_PORT ?= 18090
+WEB_STATE ?= /tmp/digits-web
+web: package nginx  ## the web page: TorchServe + gateway on 127.0.0.1, prints the URL; Ctrl-C stops both
+	@echo "make web: starting TorchServe and the gateway on 127.0.0.1 (no credential: this machine only); Ctrl-C stops them"
+	@$(PY) gateway/run.py --no-client-credential --address 127.0.0.1 --metrics-address 127.0.0.1 \
+	  --port $(WEB_PORT) --grpc-port $(WEB_GRPC_PORT) --metrics-port $(WEB_METRICS_PORT) \
+	  --internal-port-base $(WEB_INTERNAL_PORT) --state-dir $(WEB_STATE) --drain-seconds 0; \
+	  status=$$?; [ $$status = 0 ] || [ $$status = 130 ]
+
+# nginx with its Lua module (Debian's packages): the gateway of `make web`; installed when missing.
+NGINX_PACKAGES := nginx libnginx-mod-http-lua
+nginx:  ## install nginx and its Lua module (apt-get) if they are missing
+	@test -x /usr/sbin/nginx -a -f /usr/lib/nginx/modules/ngx_http_lua_module.so || { echo "installing $(NGINX_PACKAGES) (apt-get)"; \
+	  $(SUDO) apt-get install -y -q $(NGINX_PACKAGES) >/dev/null 2>&1 || { $(SUDO) apt-get update -q >/dev/null && \
+	  $(SUDO) apt-get install -y -q $(NGINX_PACKAGES) >/dev/null; }; }
+	@test -x /usr/sbin/nginx -a -f /usr/lib/nginx/modules/ngx_http_lua_module.so
 wrk:  ## install the load generator wrk (apt-get) if it is missing
 	@command -v wrk >/dev/null || { echo "installing wrk (apt-get install wrk)"; \
 	  $(SUDO) apt-get install -y -q wrk >/dev/null 2>&1 || { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q wrk >/dev/null; }; }

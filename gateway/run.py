@@ -2,10 +2,14 @@
 
     python gateway/run.py                     # in the container (the image's entrypoint, under tini)
     DIGITS_CLIENT_TOKEN=... python gateway/run.py --state-dir /tmp/digits-gw   # on the host
+    python gateway/run.py --address 127.0.0.1 --no-client-credential ...      # make web: this machine only
 
 What it does:
   * reads the client credential(s) (DIGITS_CLIENT_TOKEN_FILE, one per line, or DIGITS_CLIENT_TOKEN) and refuses
-    to start without one; clients send "Authorization: Bearer <credential>" to the gateway;
+    to start without one; clients send "Authorization: Bearer <credential>" to the gateway. With
+    --no-client-credential it asks clients for none, and then only listens on a loopback address: only programs
+    on this machine reach it (a developer's own web page, `make web`), never the network;
+  * serves the web page (web/) at / on the REST port, same-origin with the API it calls;
   * starts TorchServe in the foreground on internal loopback ports, then nginx (gateway/nginx.conf.template);
   * hands nginx TorchServe's inference key and rotates TorchServe's keys at half their lifetime, holding new
     requests for the moment of the swap so that none is refused (gateway.lua explains the hold);
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import ipaddress
 import json
 import logging
 import os
@@ -82,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="TorchServe on 127.0.0.1: REST base, management +1, metrics +2, gRPC +3/+4 (env INTERNAL_PORT_BASE)")
     add("--credential-file", type=Path, default=Path(env("DIGITS_CLIENT_TOKEN_FILE", "/run/secrets/digits/token")),
         help="client credentials, one per line (env DIGITS_CLIENT_TOKEN_FILE; DIGITS_CLIENT_TOKEN instead)")
+    add("--no-client-credential", action="store_true",
+        default=env("NO_CLIENT_CREDENTIAL", "") in ("1", "true", "yes"),
+        help="ask clients for no credential; allowed only with a loopback --address and --metrics-address "
+             "(env NO_CLIENT_CREDENTIAL=1)")
+    add("--web-dir", type=Path, default=Path(env("WEB_DIR", str(ROOT / "web"))),
+        help="the web page's files, served at / (env WEB_DIR)")
     add("--rate-limit", type=int, default=int(env("RATE_LIMIT", "200")),
         help="requests/s per client address before 429 (env RATE_LIMIT)")
     add("--rate-burst", type=int, default=int(env("RATE_BURST", "400")), help="burst above the rate (env RATE_BURST)")
@@ -100,8 +111,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def is_loopback(address: str) -> bool:
+    """True for an IP literal on the loopback network (127.0.0.0/8, ::1). A host name is not trusted: it resolves
+    to whatever the resolver says."""
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def check_no_credential_mode(args) -> None:
+    """--no-client-credential: clients then reach the model with no secret at all, so the gateway must be reachable
+    from this machine only. A loopback listener is: packets to 127.0.0.0/8 never leave the host, and a remote
+    machine cannot address it."""
+    for flag, address in (("--address", args.address), ("--metrics-address", args.metrics_address)):
+        if not is_loopback(address):
+            raise SystemExit(f"gateway: --no-client-credential serves anyone who reaches the gateway, so it listens "
+                             f"on a loopback address only (127.0.0.1 or ::1); {flag} is {address}. Use "
+                             f"{flag} 127.0.0.1, or give clients a credential (DIGITS_CLIENT_TOKEN)")
+
+
 def read_credentials(args) -> list[str]:
-    """The client credentials: the file (a mounted secret) if it exists, else DIGITS_CLIENT_TOKEN."""
+    """The client credentials: the file (a mounted secret) if it exists, else DIGITS_CLIENT_TOKEN. None with
+    --no-client-credential (on loopback only)."""
+    if args.no_client_credential:
+        check_no_credential_mode(args)
+        return []
     if args.credential_file.is_file():
         lines = args.credential_file.read_text().splitlines()
         source = str(args.credential_file)
@@ -152,6 +187,8 @@ def render_nginx(args, state: Path, body_bytes: int) -> str:
         "GATEWAY_GRPC_PORT": str(args.grpc_port),
         "METRICS_ADDRESS": args.metrics_address,
         "METRICS_PORT": str(args.metrics_port),
+        "WEB_DIR": str(args.web_dir.resolve()),
+        "REQUIRE_CREDENTIAL": "false" if args.no_client_credential else "true",
     }
     text = (ROOT / "gateway" / "nginx.conf.template").read_text()
     text = re.sub(r"\{\{([A-Z_]+)\}\}", lambda match: values[match.group(1)], text)
@@ -402,7 +439,12 @@ def run(args) -> int:
                     "its workers TCP ports on 127.0.0.1 instead of Unix sockets (docker run --tmpfs /tmp:exec)", state)
     for leftover in ("key_file.json", "admin.sock", "nginx.pid"):
         (state / leftover).unlink(missing_ok=True)
-    write_private(state / "credentials", "\n".join(credentials) + "\n")
+    if credentials:
+        write_private(state / "credentials", "\n".join(credentials) + "\n")
+    else:
+        (state / "credentials").unlink(missing_ok=True)
+        log.warning("no client credential: anyone on this machine can use the gateway on %s:%d", args.address,
+                    args.port)
     properties_text = torchserve_properties(args.config, args.token_expiration_min)
     write_private(state / "config.properties", properties_text)
     write_private(state / "nginx.conf", render_nginx(args, state, max_body_bytes(properties_text)))
@@ -437,8 +479,9 @@ def run(args) -> int:
             wait_for(lambda: try_call(lambda: scale(endpoints, args.model, args.workers)), 60, "scaling", children)
         wait_until_ready(endpoints, args.model, args.start_timeout, lambda: children.torchserve.poll() is None)
         admin(state, "PUT", "ready", "1")  # /healthz/ready follows TorchServe's /ping from now on
-        log.info("gateway ready: REST and health on %s:%d, gRPC on %s:%d, metrics on %s:%d",
+        log.info("gateway ready: REST, health and the web page on %s:%d, gRPC on %s:%d, metrics on %s:%d",
                  args.address, args.port, args.address, args.grpc_port, args.metrics_address, args.metrics_port)
+        log.info("the web page: %s", page_url(args.address, args.port))
         while True:
             check_children(children)
             if keys.due():
@@ -455,6 +498,12 @@ def run(args) -> int:
         stop_process(children.nginx, signal.SIGTERM, timeout=5.0)
         stop_torchserve(children, state, timeout=10.0)
         return EXIT_CHILD_DIED
+
+
+def page_url(address: str, port: int) -> str:
+    """Where a browser on this machine opens the page (a wildcard address listens on loopback too)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address, address)
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 def try_publish(keys: Keys) -> bool:

@@ -93,7 +93,7 @@ context="$work/context"
 mkdir -p "$context/model_store"
 cp "$root/Dockerfile" "$root/requirements.txt" "$root/config.properties" "$root/metrics.yaml" "$root/log4j2.xml" \
   "$root/train.py" "$context/"
-for dir in model handler scripts gateway; do
+for dir in model handler scripts gateway web; do
   cp -r "$root/$dir" "$context/$dir"
 done
 find "$context" -name __pycache__ -prune -exec rm -rf {} +
