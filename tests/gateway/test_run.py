@@ -98,3 +98,63 @@ def test_noexec_mounts_are_recognised():
     mounts = Path("/proc/mounts").read_text()
     proc_options = next(line.split()[3] for line in mounts.splitlines() if line.split()[1] == "/proc")
     assert run.mounted_noexec(Path("/proc/self")) == ("noexec" in proc_options.split(","))
+
+
+@pytest.mark.parametrize("flag", ["--address", "--metrics-address"])
+@pytest.mark.parametrize("address", ["0.0.0.0", "192.168.1.20", "::", "localhost"])
+def test_no_client_credential_is_refused_off_loopback(tmp_path, monkeypatch, flag, address):
+    """Without a credential anyone who reaches the gateway uses the model: only a loopback listener is allowed
+    (a host name is refused too: it resolves to whatever the resolver says)."""
+    monkeypatch.setenv("DIGITS_CLIENT_TOKEN", "a-credential-that-must-not-matter")
+    argv = ["--no-client-credential", "--address", "127.0.0.1", "--metrics-address", "127.0.0.1", flag, address]
+    with pytest.raises(SystemExit, match=f"loopback address only.*{flag} is {re.escape(address)}"):
+        run.read_credentials(args_for(tmp_path, *argv))
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.2", "::1"])
+def test_no_client_credential_on_loopback_needs_none(tmp_path, monkeypatch, address):
+    monkeypatch.delenv("DIGITS_CLIENT_TOKEN", raising=False)
+    args = args_for(tmp_path, "--no-client-credential", "--address", address, "--metrics-address", "127.0.0.1",
+                    "--credential-file", str(tmp_path / "absent"))
+    assert run.read_credentials(args) == []
+
+
+def test_no_client_credential_off_loopback_exits_2_with_the_reason(tmp_path):
+    """The whole program refuses before it starts anything (the container's default address is 0.0.0.0)."""
+    result = subprocess.run([sys.executable, str(ROOT / "gateway" / "run.py"), "--state-dir", str(tmp_path),
+                             "--no-client-credential"], capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "GATEWAY_ADDRESS": "0.0.0.0"}, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "loopback address only" in result.stderr and "--address is 0.0.0.0" in result.stderr
+    assert not (tmp_path / "nginx.conf").exists()
+
+
+def test_the_environment_can_ask_for_no_credential(tmp_path, monkeypatch):
+    monkeypatch.setenv("NO_CLIENT_CREDENTIAL", "1")
+    assert args_for(tmp_path).no_client_credential
+    monkeypatch.setenv("NO_CLIENT_CREDENTIAL", "")
+    assert not args_for(tmp_path).no_client_credential
+
+
+def test_rendered_config_without_a_credential_passes_nginx_t(tmp_path):
+    """--no-client-credential: no credentials file at all, and nginx (running init_by_lua) accepts the config."""
+    ensure_packages(NGINX)
+    args = args_for(tmp_path, "--no-client-credential", "--address", "127.0.0.1", "--metrics-address", "127.0.0.1",
+                    "--port", "18000", "--grpc-port", "18001", "--metrics-port", "18002")
+    state = tmp_path / "state"
+    (state / "nginx").mkdir(parents=True)
+    text = run.render_nginx(args, state, 6553500)
+    assert f'load_credentials("{state}/credentials", false)' in text
+    assert f"root {ROOT / 'web'};" in text
+    (state / "nginx.conf").write_text(text)
+    result = subprocess.run(["/usr/sbin/nginx", "-t", "-c", str(state / "nginx.conf"), "-p", str(state / "nginx"),
+                             "-e", "stderr"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    with_credential = run.render_nginx(args_for(tmp_path), state, 6553500)
+    assert f'load_credentials("{state}/credentials", true)' in with_credential
+
+
+@pytest.mark.parametrize("address, url", [("127.0.0.1", "http://127.0.0.1:8090/"), ("0.0.0.0", "http://127.0.0.1:8090/"),
+                                          ("::1", "http://[::1]:8090/")])
+def test_the_page_url_printed_when_ready(address, url):
+    assert run.page_url(address, 8090) == url

@@ -17,7 +17,7 @@ from google.protobuf import empty_pb2
 
 from scripts import grpc_client
 from scripts.grpc_stubs import inference_pb2_grpc
-from tests.conftest import png_bytes
+from tests.conftest import ROOT, png_bytes
 from tests.integration import bad_inputs
 
 pytestmark = pytest.mark.integration
@@ -138,11 +138,62 @@ def test_bad_input_through_the_gateway_is_the_handlers_400(gateway, test_split, 
     assert good.status_code == 200 and good.json()["label"] == str(test_split[1][7])
 
 
-def test_only_inference_and_health_are_routed(gateway):
-    """TorchServe's other APIs (ping with its key, management, metrics, api-description) are not behind the REST port."""
-    for path in ("/ping", "/models", "/api-description", "/metrics", "/token", "/"):
-        response = requests.get(f"{gateway.rest}{path}", headers=gateway.auth(), timeout=TIMEOUT)
-        assert_gateway_error(response, 404, "no such endpoint")
+def test_only_inference_health_and_the_page_are_routed(gateway):
+    """TorchServe's other APIs (ping with its key, management, metrics, api-description, the v2 paths beyond the
+    five) are not behind the REST port, whatever the method."""
+    for path in ("/ping", "/models", "/api-description", "/metrics", "/token", "/v2", "/v2/repository/index",
+                 "/v2/models/digits/infer/extra", "/v1/models/digits:predict", "/web/index.html", "/index.htm"):
+        for method in ("GET", "POST"):
+            response = requests.request(method, f"{gateway.rest}{path}", headers=gateway.auth(), timeout=TIMEOUT)
+            assert_gateway_error(response, 404, "no such endpoint")
+            assert "/explanations/<model>" in response.json()["message"]
+
+
+WEB = ROOT / "web"
+PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"), "/index.html": ("index.html", "text/html; charset=utf-8"),
+              "/app.js": ("app.js", "text/javascript; charset=utf-8"), "/style.css": ("style.css", "text/css; charset=utf-8")}
+
+
+@pytest.mark.parametrize("path", sorted(PAGE_FILES))
+def test_the_web_page_is_served_with_a_strict_policy(gateway, path):
+    """The page's files, byte for byte as in web/, with their types, a CSP that allows this origin's script and
+    style only, nosniff, and revalidation (no build step, so no hashed names to cache forever). No credential."""
+    name, content_type = PAGE_FILES[path]
+    response = requests.get(f"{gateway.rest}{path}", timeout=TIMEOUT)
+    assert response.status_code == 200
+    assert response.content == (WEB / name).read_bytes()
+    assert response.headers["Content-Type"] == content_type
+    policy = dict(part.strip().split(" ", 1) for part in response.headers["Content-Security-Policy"].split(";"))
+    assert policy["default-src"] == "'none'" and policy["script-src"] == "'self'" and policy["style-src"] == "'self'"
+    assert policy["connect-src"] == "'self'" and policy["frame-ancestors"] == "'none'"
+    assert "unsafe" not in response.headers["Content-Security-Policy"]
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Cache-Control"] == "no-cache" and response.headers["ETag"]
+    again = requests.get(f"{gateway.rest}{path}", headers={"If-None-Match": response.headers["ETag"]}, timeout=TIMEOUT)
+    assert again.status_code == 304
+
+
+def test_the_page_takes_get_only(gateway):
+    response = requests.post(f"{gateway.rest}/app.js", data=b"x", headers=gateway.auth(), timeout=TIMEOUT)
+    assert_gateway_error(response, 405, "this path takes GET")
+
+
+def test_explanations_are_inference_behind_the_credential(gateway, test_split):
+    """POST /explanations/<model>: the same credential, methods and errors as /predictions."""
+    body = png_bytes(test_split[0][2])
+    url = f"{gateway.rest}/explanations/digits"
+    refused = requests.post(url, data=body, headers={"Content-Type": "image/png"}, timeout=TIMEOUT)
+    assert_gateway_error(refused, 401, "missing or wrong credential")
+    wrong = requests.post(url, data=body, headers=gateway.auth("wrong-credential-0123456789"), timeout=TIMEOUT)
+    assert_gateway_error(wrong, 401, "missing or wrong credential")
+    answer = requests.post(url, data=body, headers={**gateway.auth(), "Content-Type": "image/png"}, timeout=TIMEOUT)
+    assert answer.status_code == 200, answer.text
+    explained = answer.json()
+    assert explained["label"] == gateway.predict(body).json()["label"] == str(test_split[1][2])
+    assert np.array(explained["image"]).shape == (28, 28) and np.array(explained["attributions"]).shape == (28, 28)
+    bad = requests.post(url, data=b"not an image", headers=gateway.auth(), timeout=TIMEOUT)
+    assert bad.status_code == 400 and bad.json()["message"] == gateway.predict(b"not an image").json()["message"]
+    assert_gateway_error(requests.get(url, headers=gateway.auth(), timeout=TIMEOUT), 405, "inference takes POST")
 
 
 def test_metrics_port_serves_prometheus_text_and_nothing_else(gateway):
@@ -218,3 +269,44 @@ def test_metrics_port_adds_the_gateways_own_metrics(gateway, test_split):
     assert 0 <= after["digits_gateway_inflight"] < 50
     handler_requests = sum(value for name, value in after.items() if name.startswith("digits_requests_total{"))
     assert handler_requests >= 1  # the handler's metrics come through the same port
+
+
+V2_GET_PATHS = ("/v2/health/live", "/v2/health/ready", "/v2/models/digits", "/v2/models/digits/ready")
+
+
+@pytest.mark.parametrize("path", V2_GET_PATHS)
+def test_open_inference_protocol_rest_paths_behind_the_credential(gateway, path):
+    """TorchServe's v2 answers (ts_open_inference_protocol=true) through the gateway, with its credential only."""
+    assert_gateway_error(requests.get(f"{gateway.rest}{path}", timeout=TIMEOUT), 401, "missing or wrong credential")
+    response = requests.get(f"{gateway.rest}{path}", headers=gateway.auth(), timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    if path == "/v2/models/digits":
+        assert body["name"] == "digits"
+    else:
+        assert body[{"live": "live"}.get(path.rsplit("/", 1)[1], "ready")] is True, body
+    assert_gateway_error(requests.post(f"{gateway.rest}{path}", headers=gateway.auth(), timeout=TIMEOUT), 405,
+                         "this path takes GET")
+
+
+def test_open_inference_protocol_infer_through_the_gateway(gateway, test_split):
+    images, labels = test_split
+    request = {"id": "gateway-test", "inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [3, 28, 28],
+                                                 "data": images[:3].reshape(-1).tolist()}]}
+    url = f"{gateway.rest}/v2/models/digits/infer"
+    assert_gateway_error(requests.post(url, json=request, timeout=TIMEOUT), 401, "missing or wrong credential")
+    response = requests.post(url, json=request, headers=gateway.auth(), timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    outputs = {output["name"]: output for output in response.json()["outputs"]}
+    assert outputs["labels"]["data"] == [str(label) for label in labels[:3]]
+    assert_gateway_error(requests.get(url, headers=gateway.auth(), timeout=TIMEOUT), 405, "inference takes POST")
+
+
+def test_open_inference_protocol_grpc_service_is_passed(gateway, grpc_channel):
+    """The gateway's gRPC server passes inference.GRPCInferenceService like TorchServe's own service: refused
+    without the credential, answered by TorchServe with it (ServerLive: live=true, b'\\x08\\x01' on the wire)."""
+    server_live = grpc_channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+    with pytest.raises(grpc.RpcError) as refused:
+        server_live(b"", timeout=TIMEOUT)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert server_live(b"", metadata=[("authorization", f"Bearer {gateway.credential}")], timeout=TIMEOUT) == b"\x08\x01"

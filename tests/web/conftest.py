@@ -1,0 +1,40 @@
+"""Fixtures for the web page's tests: the gateway on loopback with no client credential (what `make web` runs) in
+front of a real TorchServe with the freshly trained model, and a headless Chromium."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from scripts.local_server import package
+from tests.system import NGINX, ensure_packages
+
+
+@pytest.fixture(scope="session")
+def open_gateway(artifacts, tmp_path_factory):
+    """gateway/run.py --no-client-credential on 127.0.0.1: TorchServe, nginx, the page at /."""
+    from tests.integration.gateways import HostGateway
+
+    ensure_packages(NGINX)
+    store = tmp_path_factory.mktemp("web_model_store")
+    package(artifacts, store, "digits")
+    workdir = Path(tempfile.mkdtemp(prefix="ts-web-"))  # short: TorchServe's worker sockets live under it
+    gateway = HostGateway.start(store, workdir, "--load-models", "digits.mar", "--no-client-credential",
+                                "--drain-seconds", "0")
+    yield gateway
+    status, alive = gateway.stop()
+    assert status == 0, f"gateway/run.py exited {status} on SIGTERM:\n{gateway.log_tail()}"
+    assert not alive, f"processes left behind by gateway/run.py: {alive}"
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from tests.web.browser import Browser
+
+    browser = Browser()
+    yield browser
+    killed = browser.quit()
+    assert not killed, f"Chromium or chromedriver needed SIGKILL after quit: {killed}"
