@@ -140,8 +140,8 @@ def test_bad_input_through_the_gateway_is_the_handlers_400(gateway, test_split, 
 
 def test_only_inference_health_and_the_page_are_routed(gateway):
     """TorchServe's other APIs (ping with its key, management, metrics, api-description, the v2 paths beyond the
-    five) are not behind the REST port, whatever the method."""
-    for path in ("/ping", "/models", "/api-description", "/metrics", "/token", "/v2", "/v2/repository/index",
+    protocol's own) are not behind the REST port, whatever the method."""
+    for path in ("/ping", "/models", "/api-description", "/metrics", "/token", "/v2/", "/v2/repository/index",
                  "/v2/models/digits/infer/extra", "/v1/models/digits:predict", "/web/index.html", "/index.htm"):
         for method in ("GET", "POST"):
             response = requests.request(method, f"{gateway.rest}{path}", headers=gateway.auth(), timeout=TIMEOUT)
@@ -271,20 +271,23 @@ def test_metrics_port_adds_the_gateways_own_metrics(gateway, test_split):
     assert handler_requests >= 1  # the handler's metrics come through the same port
 
 
-V2_GET_PATHS = ("/v2/health/live", "/v2/health/ready", "/v2/models/digits", "/v2/models/digits/ready")
+# TorchServe 0.12.0's REST side of the protocol (ts_open_inference_protocol=true): server metadata, liveness and
+# readiness; model metadata and readiness only over gRPC (REST answers its own 404, routed all the same).
+V2_GET_ANSWERS = {"/v2/health/live": (200, {"live": True}), "/v2/health/ready": (200, {"ready": True}),
+                  "/v2": (200, {"name": "Torchserve"}),
+                  "/v2/models/digits": (404, {"type": "ResourceNotFoundException"}),
+                  "/v2/models/digits/ready": (404, {"type": "ResourceNotFoundException"})}
 
 
-@pytest.mark.parametrize("path", V2_GET_PATHS)
+@pytest.mark.parametrize("path", sorted(V2_GET_ANSWERS))
 def test_open_inference_protocol_rest_paths_behind_the_credential(gateway, path):
-    """TorchServe's v2 answers (ts_open_inference_protocol=true) through the gateway, with its credential only."""
+    """TorchServe's own v2 answers through the gateway, with the gateway's credential only."""
     assert_gateway_error(requests.get(f"{gateway.rest}{path}", timeout=TIMEOUT), 401, "missing or wrong credential")
     response = requests.get(f"{gateway.rest}{path}", headers=gateway.auth(), timeout=TIMEOUT)
-    assert response.status_code == 200, response.text
+    status, fields = V2_GET_ANSWERS[path]
+    assert response.status_code == status, response.text
     body = response.json()
-    if path == "/v2/models/digits":
-        assert body["name"] == "digits"
-    else:
-        assert body[{"live": "live"}.get(path.rsplit("/", 1)[1], "ready")] is True, body
+    assert {key: body.get(key) for key in fields} == fields, body
     assert_gateway_error(requests.post(f"{gateway.rest}{path}", headers=gateway.auth(), timeout=TIMEOUT), 405,
                          "this path takes GET")
 
