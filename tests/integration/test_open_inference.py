@@ -221,3 +221,23 @@ def test_the_worker_survives_a_burst_of_bad_v2_requests(server, test_split):
         {"name": "x", "datatype": "UINT8", "shape": [28, 28], "data": test_split[0][0].reshape(-1).tolist()}]})
     assert ok.status_code == 200 and server.worker_pids("digits") == before
 
+
+
+def test_kserve_sdk_over_rest_and_grpc_through_the_gateway(gateway, server, kserve_python, test_split, tmp_path):
+    """The gateway speaks the protocol's own gRPC service name (it maps inference.GRPCInferenceService to
+    TorchServe's) and routes /v2 over REST: KServe's SDK works over both with the gateway's credential."""
+    result = run_kserve_client(kserve_python, tmp_path, gateway.rest, gateway.grpc, gateway.credential, test_split)
+    expected = np.stack([probabilities_of(answer) for answer in own_answers(server, test_split[0][:8])])
+    rest, grpc_ = result["rest"], result["grpc"]
+    assert "failed" not in grpc_, grpc_
+    assert rest["live"] is True and rest["ready"] is True
+    assert grpc_["live"] is True and grpc_["ready"] is True and grpc_["model_ready"] is True
+    check_kserve_answers(rest, "rest-1", expected, test_split[1], str)
+    # Over gRPC TorchServe writes BYTES elements as JSON text: a label arrives in quotes.
+    check_kserve_answers(grpc_, "grpc-1", expected, test_split[1], json.loads)
+    assert set(grpc_["pixels"]["outputs"]) == {"labels"}
+    assert rest["bad"]["status"] == 400 and "image 0: not an image" in rest["bad"]["body"]["error"]
+    error = json.loads(grpc_["bad"]["outputs"]["error"]["data"][0])
+    assert error["code"] == 400 and "image 0: not an image" in error["error"]
+    # Without the gateway's credential (here: a wrong one) the call is refused before it reaches TorchServe.
+    assert grpc_["wrong_token"]["raised"] and grpc_["wrong_token"]["code"] == "UNAUTHENTICATED"
