@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3.11
 
-.PHONY: help venv train package package-v2 serve stop status predict demo web nginx wrk bench gpu-check docker image test clean
+.PHONY: help venv kserve-client train package package-v2 serve stop status predict demo web nginx wrk bench gpu-check docker image test clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -52,7 +52,7 @@ demo: package  ## venv, train, package, serve, predict sample digits, stop
 	scripts/serve.sh start
 	$(PY) scripts/predict.py artifacts/samples/*.png; status=$$?; scripts/serve.sh stop; exit $$status
 
-# wrk drives the benchmark's load (Debian's package); installed when missing, as root or with sudo.
+# Debian's packages (nginx, wrk, docker.io) are installed when missing, as root or with sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # The web page (web/) on this machine: TorchServe behind the gateway, on loopback only, asking for no credential
@@ -76,6 +76,8 @@ nginx:  ## install nginx and its Lua module (apt-get) if they are missing
 	  $(SUDO) apt-get install -y -q $(NGINX_PACKAGES) >/dev/null 2>&1 || { $(SUDO) apt-get update -q >/dev/null && \
 	  $(SUDO) apt-get install -y -q $(NGINX_PACKAGES) >/dev/null; }; }
 	@test -x /usr/sbin/nginx -a -f /usr/lib/nginx/modules/ngx_http_lua_module.so
+
+# wrk drives the benchmark's load (Debian's package).
 wrk:  ## install the load generator wrk (apt-get) if it is missing
 	@command -v wrk >/dev/null || { echo "installing wrk (apt-get install wrk)"; \
 	  $(SUDO) apt-get install -y -q wrk >/dev/null 2>&1 || { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q wrk >/dev/null; }; }
@@ -101,7 +103,17 @@ docker:  ## make sure Docker answers: install docker.io and start a daemon (no b
 image: package docker  ## build the image digits-serve:1.0.0 (and :latest) around model_store/digits.mar
 	deploy/docker/build.sh --archive model_store/digits.mar --tag $(IMAGE):$(IMAGE_VERSION) --tag $(IMAGE):latest
 
-test: $(VENV)/.installed wrk  ## unit tests, then integration tests against a real TorchServe
+# KServe's Python SDK, the third-party client of the Open Inference Protocol tests: its own venv (it pins protobuf
+# and grpcio below the bundle's).
+KSERVE_VENV := .venv-kserve
+$(KSERVE_VENV)/.installed: tests/integration/kserve-requirements.txt
+	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install --quiet -r tests/integration/kserve-requirements.txt
+	touch $@
+
+kserve-client: $(KSERVE_VENV)/.installed  ## KServe's Python SDK in .venv-kserve (for the Open Inference Protocol tests)
+
+test: $(VENV)/.installed $(KSERVE_VENV)/.installed wrk  ## unit tests, then integration tests against a real TorchServe
 	$(PY) -m pytest
 
 clean:  ## remove trained artifacts, archives and logs (keeps .venv)

@@ -35,6 +35,7 @@ from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
+from handler import explanations, open_inference
 from model import preprocessing
 from model.digit_cnn import DigitCNN
 from model.preprocessing import InputError, InputTooLarge
@@ -217,9 +218,8 @@ def looks_like_json(data: bytes) -> bool:
     return head[:1] in (b"{", b"[")
 
 
-def parse_request(row: dict, resolution: int, default_topk: int, num_classes: int,
-                  max_images: int = preprocessing.MAX_IMAGES_PER_REQUEST) -> Parsed:
-    """One TorchServe request row -> Parsed, or InputError (InputTooLarge) naming the problem.
+def read_body(row: dict) -> bytes | object:
+    """One TorchServe request row -> the bytes of an image or .npy file, or a parsed JSON document.
 
     TorchServe has already parsed application/json bodies into Python objects and text/* bodies into
     str; other bodies arrive as bytes. JSON sent with another content type is recognised by its first byte,
@@ -228,22 +228,62 @@ def parse_request(row: dict, resolution: int, default_topk: int, num_classes: in
     payload = request_payload(row)
     if isinstance(payload, (bytes, bytearray)):
         payload = bytes(payload)
-        if payload.startswith(preprocessing.NPY_MAGIC):
-            frames = preprocessing.decode_npy_frames(payload, max_images)
-            return Parsed(preprocessing.frames_to_tensor(frames, resolution), default_topk, many=True)
-        if looks_like_json(payload):
-            try:
-                payload = json.loads(payload)
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise InputError(f"invalid JSON: {error}") from None
-        else:
-            return Parsed(preprocessing.image_bytes_to_tensor(payload, resolution)[None], default_topk)
-    elif isinstance(payload, str):
+        if payload.startswith(preprocessing.NPY_MAGIC) or not looks_like_json(payload):
+            return payload
         try:
-            payload = json.loads(payload)
+            return json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InputError(f"invalid JSON: {error}") from None
+    if isinstance(payload, str):
+        try:
+            return json.loads(payload)
         except json.JSONDecodeError:
             raise InputError("text body is neither an image nor JSON") from None
-    return parse_json_object(payload, resolution, default_topk, num_classes, max_images)
+    return payload
+
+
+def parse_body(body: bytes | object, resolution: int, default_topk: int, num_classes: int,
+               max_images: int = preprocessing.MAX_IMAGES_PER_REQUEST) -> Parsed:
+    """What read_body returned (TorchServe's own wire formats) -> Parsed, or InputError naming the problem."""
+    if isinstance(body, bytes):
+        if body.startswith(preprocessing.NPY_MAGIC):
+            frames = preprocessing.decode_npy_frames(body, max_images)
+            return Parsed(preprocessing.frames_to_tensor(frames, resolution), default_topk, many=True)
+        return Parsed(preprocessing.image_bytes_to_tensor(body, resolution)[None], default_topk)
+    return parse_json_object(body, resolution, default_topk, num_classes, max_images)
+
+
+def parse_request(row: dict, resolution: int, default_topk: int, num_classes: int,
+                  max_images: int = preprocessing.MAX_IMAGES_PER_REQUEST) -> Parsed:
+    """One TorchServe request row -> Parsed, or InputError (InputTooLarge) naming the problem."""
+    return parse_body(read_body(row), resolution, default_topk, num_classes, max_images)
+
+
+def infer_request_inputs(request: open_inference.InferRequest, resolution: int) -> torch.Tensor:
+    """A v2 request's images (encoded, or pixel frames) -> N x 1 x 28 x 28; an error names the image's index."""
+    if request.frames is not None:
+        return preprocessing.frames_to_tensor(request.frames, resolution)
+    tensors = []
+    for index, data in enumerate(request.encoded):
+        try:
+            tensors.append(preprocessing.image_bytes_to_tensor(data, resolution))
+        except InputError as error:
+            raise InputError(f"image {index}: {error}") from None
+    return torch.stack(tensors)
+
+
+EXPLAIN_FIELD_VALUES = (b"true", b"True", "true", "True")
+
+
+def wants_explanation(request_headers: dict, row: dict) -> bool:
+    """True for /explanations/<model> and /v2/models/<model>/explain (TorchServe marks them with the request header
+    explain: True) and for a gRPC request carrying the input field explain=true (gRPC has no explain RPC)."""
+    return request_headers.get("explain") == "True" or row.get("explain") in EXPLAIN_FIELD_VALUES
+
+
+def check_explained_count(parsed: Parsed, limit: int = explanations.MAX_EXPLAINED_IMAGES) -> None:
+    if len(parsed.inputs) > limit:
+        raise InputTooLarge(f"{len(parsed.inputs)} images to explain in one request; the limit is {limit}")
 
 
 def came_over_grpc(request_properties: dict) -> bool:
@@ -370,6 +410,8 @@ class DigitHandler(BaseHandler):
             logger.error("%s", error)  # the worker exits; TorchServe logs this line and retries with backoff
             raise
         self.model, checkpoint = load_model(weights, self.device)
+        # Explanations need gradients, which the frozen TorchScript copy does not keep: they use the eager network.
+        self.eager_model = self.model
         optimized = bool(settings.get("optimize", True)) and self.device.type == "cpu"
         if optimized:
             self.model = optimize_for_cpu(self.model)
@@ -382,6 +424,7 @@ class DigitHandler(BaseHandler):
         logging.getLogger().addFilter(drop_per_batch_log_lines)
         self.context = context
         self.model_name = context.model_name
+        self.model_version = str(context.manifest["model"].get("modelVersion", ""))
         self.process = psutil.Process()
         self.cpu_seconds = 0.0
         self.resources_reported = 0.0
@@ -406,32 +449,47 @@ class DigitHandler(BaseHandler):
     def handle(self, data, context):
         results: list = [None] * len(data)
         accepted: list[tuple[int, Parsed]] = []
+        infer_requests: dict[int, open_inference.InferRequest] = {}  # request index -> its v2 request
+        explained: set[int] = set()  # request indices that asked why (explanations)
         refusals: list[tuple[str, str]] = []
         started = time.perf_counter()
         batch_size = str(len(data))
         self.batches += 1
         batch_id = f"{self.process.pid}-{self.batches}"
         for idx, row in enumerate(data):
+            headers = context.get_all_request_header(idx)
             context.set_response_content_type(idx, JSON_CONTENT_TYPE)
             context.set_response_header(idx, BATCH_SIZE_HEADER, batch_size)
             context.set_response_header(idx, BATCH_ID_HEADER, batch_id)
-            if came_over_grpc(context.get_all_request_header(idx)):
+            grpc = came_over_grpc(headers)
+            if grpc:
                 context.set_response_header(idx, STREAM_NEXT_HEADER, "false")
+            explain = wants_explanation(headers, row)
+            body = None
             try:
-                accepted.append((idx, parse_request(row, self.resolution, self.topk, len(self.labels), self.max_images)))
-            except InputTooLarge as error:
-                context.set_response_status(413, "Payload Too Large", idx)
-                results[idx] = json.dumps(format_error(413, str(error), "InputTooLarge"))
-                refusals.append(("InputTooLarge", refusal_reason(error)))
-            except InputError as error:
-                context.set_response_status(400, "Bad Request", idx)
-                results[idx] = json.dumps(format_error(400, str(error)))
-                refusals.append(("InputError", refusal_reason(error)))
+                body = read_body(row)
+                if open_inference.is_infer_request(body):
+                    request = open_inference.parse_infer_request(body, self.max_images, explain)
+                    parsed = Parsed(infer_request_inputs(request, self.resolution), 1, many=True, kind="oip")
+                    infer_requests[idx] = request
+                else:
+                    parsed = parse_body(body, self.resolution, self.topk, len(self.labels), self.max_images)
+                if explain:
+                    check_explained_count(parsed)
+                    explained.add(idx)
+                accepted.append((idx, parsed))
             except Exception as error:  # a bug must cost this request alone, never the batch or the worker
-                logger.exception("unexpected error parsing request %d", idx)
-                context.set_response_status(500, "Internal Server Error", idx)
-                results[idx] = json.dumps(format_error(500, "internal error while reading the input", "InternalError"))
-                refusals.append(("InternalError", refusal_reason(error)))
+                if isinstance(error, InputTooLarge):
+                    code, phrase, error_type, message = 413, "Payload Too Large", "InputTooLarge", str(error)
+                elif isinstance(error, InputError):
+                    code, phrase, error_type, message = 400, "Bad Request", "InputError", str(error)
+                else:
+                    logger.exception("unexpected error parsing request %d", idx)
+                    code, phrase, error_type = 500, "Internal Server Error", "InternalError"
+                    message = "internal error while reading the input"
+                context.set_response_status(code, phrase, idx)
+                results[idx] = json.dumps(self.refusal(body, grpc, code, error_type, message))
+                refusals.append((error_type, refusal_reason(error)))
         preprocessing_ms = (time.perf_counter() - started) * 1000.0
         predicted: list[str] = []
         if accepted:
@@ -440,15 +498,31 @@ class DigitHandler(BaseHandler):
             # One topk and one tolist for the whole batch: per-row torch calls cost more than the model here.
             values, indices = torch.topk(probabilities, max(parsed.topk for _, parsed in accepted))
             values, indices = values.tolist(), indices.tolist()
+            why = self.explain_batch(batch, indices, accepted, explained) if explained else {}
             start = 0
             for idx, parsed in accepted:
                 rows = range(start, start + len(parsed.inputs))
                 start += len(parsed.inputs)
+                if idx in infer_requests:
+                    labels = [self.labels[indices[row][0]] for row in rows]
+                    fields = why.get(idx, [])
+                    answer = open_inference.format_infer_response(
+                        infer_requests[idx], self.model_name, self.model_version, probabilities[rows.start:rows.stop].tolist(),
+                        labels, [field["attributions"] for field in fields] if fields else None,
+                        [field["image"] for field in fields] if fields else None)
+                    results[idx] = json.dumps(answer)
+                    predicted += labels
+                    continue
                 answers = [format_ranked(values[row][: parsed.topk], indices[row][: parsed.topk], self.labels)
                            for row in rows]
+                for answer, fields in zip(answers, why.get(idx, [])):
+                    answer.update(fields)
                 results[idx] = json.dumps({"predictions": answers} if parsed.many else answers[0])
                 predicted += [answer["label"] for answer in answers]
         rows = batch_metrics([parsed for _, parsed in accepted], refusals, predicted, preprocessing_ms)
+        if explained:
+            rows.append(("digits_explained_images_total", sum(len(parsed.inputs) for idx, parsed in accepted
+                                                             if idx in explained), {}))
         if time.monotonic() - self.resources_reported >= RESOURCE_METRICS_SECONDS:
             rows += self.resource_metrics()
         # TorchServe's BaseHandler.handle reports HandlerTime (a gauge: the last batch); this handle replaces it, so
@@ -457,3 +531,28 @@ class DigitHandler(BaseHandler):
         rows += [(HANDLER_TIME, handler_ms, {}), ("digits_handler_milliseconds_total", handler_ms, {})]
         emit_metrics(context.metrics, rows, self.model_name, idx=0)
         return results
+
+    def explain_batch(self, batch: torch.Tensor, indices: list[list[int]], accepted: list, explained: set) -> dict:
+        """Integrated gradients for the requests that asked, in one pass: request index -> one dict per image."""
+        selected, owners, start = [], [], 0
+        for idx, parsed in accepted:
+            if idx in explained:
+                selected += range(start, start + len(parsed.inputs))
+                owners += [idx] * len(parsed.inputs)
+            start += len(parsed.inputs)
+        inputs = batch[selected]
+        targets = torch.tensor([indices[row][0] for row in selected])
+        attributions = explanations.integrated_gradients(self.eager_model, inputs, targets)
+        fields: dict[int, list[dict]] = {}
+        for owner, field in zip(owners, explanations.explanation_fields(attributions, explanations.model_view(inputs))):
+            fields.setdefault(owner, []).append(field)
+        return fields
+
+    def refusal(self, body: object, grpc: bool, code: int, error_type: str, message: str) -> dict:
+        """A refused request's body: TorchServe's error shape, or the Open Inference Protocol's for a v2 request."""
+        if not open_inference.is_infer_request(body):
+            return format_error(code, message, error_type)
+        if grpc:
+            request_id = body.get("id") if isinstance(body.get("id"), str) else ""
+            return open_inference.format_grpc_error(request_id, self.model_name, self.model_version, code, message)
+        return open_inference.format_error(message)

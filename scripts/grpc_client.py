@@ -71,8 +71,13 @@ def auth_metadata(token: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {token}")]
 
 
-def prediction_request(model: str, version: str | None, data: bytes) -> inference_pb2.PredictionsRequest:
-    return inference_pb2.PredictionsRequest(model_name=model, model_version=version or "", input={INPUT_NAME: data})
+EXPLAIN_FIELD = "explain"  # TorchServe's gRPC has no explain RPC: this input field (value "true") asks the handler why
+
+
+def prediction_request(model: str, version: str | None, data: bytes,
+                       explain: bool = False) -> inference_pb2.PredictionsRequest:
+    fields = {INPUT_NAME: data, **({EXPLAIN_FIELD: b"true"} if explain else {})}
+    return inference_pb2.PredictionsRequest(model_name=model, model_version=version or "", input=fields)
 
 
 def parse_prediction(payload: bytes) -> dict:
@@ -116,10 +121,13 @@ def ping(channel: grpc.Channel, token: str, timeout: float) -> str:
         return reply.health
 
 
-def predict(channel: grpc.Channel, token: str, model: str, version: str | None, data: bytes, timeout: float) -> dict:
-    """One unary Predictions call: the handler's answer (a prediction or its error body); raises grpc.RpcError."""
+def predict(channel: grpc.Channel, token: str, model: str, version: str | None, data: bytes, timeout: float,
+            explain: bool = False) -> dict:
+    """One unary Predictions call: the handler's answer (a prediction or its error body; with explain, the
+    explanation: attributions and the image the model saw); raises grpc.RpcError."""
     stub = inference_pb2_grpc.InferenceAPIsServiceStub(channel)
-    reply = stub.Predictions(prediction_request(model, version, data), metadata=auth_metadata(token), timeout=timeout)
+    reply = stub.Predictions(prediction_request(model, version, data, explain), metadata=auth_metadata(token),
+                             timeout=timeout)
     return parse_prediction(reply.prediction)
 
 
@@ -197,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--version", default=None, help="model version (default: the default version)")
         command.add_argument("--concurrency", type=int, default=8, help="calls in flight at once")
         command.add_argument("--json", action="store_true", help="print the full JSON answer per file")
+        if name == "predict":
+            command.add_argument("--explain", action="store_true",
+                                 help="ask why: per-pixel attributions (integrated gradients) and the 28x28 image the "
+                                 "model saw, in the JSON answer (use with --json)")
     args = parser.parse_args(argv)
 
     endpoints = Endpoints.from_config(args.config, args.key_file)
@@ -219,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if args.command == "predict":
             def call(data: bytes) -> list[dict]:
-                return [predict(channel, token, args.model, args.version, data, args.timeout)]
+                return [predict(channel, token, args.model, args.version, data, args.timeout, args.explain)]
         else:
             def call(data: bytes) -> list[dict]:
                 return list(stream(channel, token, args.model, args.version, data, args.timeout))

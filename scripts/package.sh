@@ -68,6 +68,9 @@ out="$(mktemp -d)"
 trap 'rm -rf "$stage" "$out"' EXIT
 mkdir -p "$stage/model"
 cp "$root"/model/*.py "$stage/model/"
+# The handler's own modules (wire formats, explanations) as the package `handler`, imported as in the repo.
+mkdir -p "$stage/handler"
+find "$root/handler" -maxdepth 1 -name '*.py' ! -name digit_handler.py -exec cp {} "$stage/handler/" \;
 cp "$labels" "$stage/index_to_name.json"
 # The weights' SHA-256, recorded now and checked by the handler before torch.load: a swapped or corrupted
 # weights file refuses to load. (sha256sum's format: "<hex>  <file name>".)

@@ -221,14 +221,14 @@ def test_bad_request_gets_400_alone_and_the_rest_of_the_batch_is_answered(handle
 
 def test_unexpected_error_costs_only_that_request(handler, model_dir, test_split, monkeypatch):
     images, labels = test_split
-    real_parse = digit_handler.parse_request
+    real_read = digit_handler.read_body
 
-    def flaky(row, *args):
+    def flaky(row):
         if row.get("boom"):
             raise RuntimeError("a bug")
-        return real_parse(row, *args)
+        return real_read(row)
 
-    monkeypatch.setattr(digit_handler, "parse_request", flaky)
+    monkeypatch.setattr(digit_handler, "read_body", flaky)
     answers, statuses, _ = run_batch(handler, model_dir, [{"boom": b"1", "x": b"2"}, {"body": bytearray(png_bytes(images[1]))}])
     assert statuses == [500, 200]
     assert answers[0]["type"] == "InternalError" and answers[1]["label"] == str(labels[1])

@@ -13,6 +13,7 @@ def test_committed_stubs_equal_a_fresh_generation(tmp_path):
     assert {path.name for path in written} == {
         "__init__.py", "inference.proto", "inference_pb2.py", "inference_pb2_grpc.py",
         "management.proto", "management_pb2.py", "management_pb2_grpc.py",
+        "open_inference_grpc.proto", "open_inference_grpc_pb2.py", "open_inference_grpc_pb2_grpc.py",
     }
     assert generate_grpc_stubs.differences(tmp_path, STUBS) == []
 
