@@ -161,7 +161,9 @@ def test_screenshot_of_an_answer(page, test_split):
     assert draw_and_read(page, images[index], "mouse") == "3"
     path = SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") == "1" else ROOT / "artifacts" / "web-page.png"
     size = page.driver.get_window_size()
-    page.driver.set_window_size(1000, 680)  # the page and no empty space below it
+    # The whole page and no empty space below it: the window is the page's height plus the browser's own bars.
+    bars = page.js("return window.outerHeight - window.innerHeight")
+    page.driver.set_window_size(1000, page.js("return Math.ceil(document.body.getBoundingClientRect().height)") + bars + 32)
     try:
         page.screenshot(path)
     finally:
