@@ -6,7 +6,7 @@
 #                                            # -> model_store/digits_v2.mar: model digits, version 2.0
 #
 # The archive carries the weights (state_dict + architecture) and their SHA-256 (weights.sha256), the
-# handler, the model/ package (network + the one preprocessing module) so the handler imports it exactly
+# handler (and handler/wire.py, which reads the request formats), the model/ package (network + the one preprocessing module) so the handler imports it exactly
 # as train.py does, index_to_name.json, and handler/model-config.yaml (workers, batching, timeouts).
 set -euo pipefail
 
@@ -66,8 +66,11 @@ archiver="$(command -v torch-model-archiver || true)"
 stage="$(mktemp -d)"
 out="$(mktemp -d)"
 trap 'rm -rf "$stage" "$out"' EXIT
-mkdir -p "$stage/model"
+mkdir -p "$stage/model" "$stage/handler"
 cp "$root"/model/*.py "$stage/model/"
+# The handler's own modules (handler/wire.py: request formats -> decoded images), as the package it imports them
+# from; the handler file itself goes in as --handler.
+cp "$root/handler/__init__.py" "$root/handler/wire.py" "$stage/handler/"
 cp "$labels" "$stage/index_to_name.json"
 # The weights' SHA-256, recorded now and checked by the handler before torch.load: a swapped or corrupted
 # weights file refuses to load. (sha256sum's format: "<hex>  <file name>".)
