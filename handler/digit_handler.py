@@ -1,8 +1,9 @@
 """TorchServe handler for the digit CNN: a thin BaseHandler subclass over small pure functions.
 
-Each request in a batch is parsed on its own: a bad one gets HTTP 400 with a JSON message (through
-TorchServe's per-request status), the good ones in the same batch still get their predictions, and
-the worker keeps running.
+Each request in a batch is read on its own (handler/wire.py: wire format -> decoded images), then the images of
+all of them go through the MNIST geometry in one batched call and the network in one forward pass. A bad request
+gets HTTP 400 with a JSON message (through TorchServe's per-request status), the good ones in the same batch still
+get their predictions, and the worker keeps running.
 
 Accepted per request (REST body, or one multipart field):
   * raw image bytes: PNG, JPEG, BMP, GIF, WEBP; any size; grey, RGB, RGBA, palette, 16-bit
@@ -254,12 +255,13 @@ def refusal_answer(error: Exception) -> tuple[int, str, str, tuple[str, str]]:
     """A refused request's HTTP status, reason phrase, JSON body, and (error type, reason) for the metrics:
     413 for a limit, 400 for bad input, 500 for anything else (a bug; the message gives nothing away)."""
     if isinstance(error, InputTooLarge):
-        return 413, "Payload Too Large", json.dumps(format_error(413, str(error), "InputTooLarge")), (
-            "InputTooLarge", refusal_reason(error))
-    if isinstance(error, InputError):
-        return 400, "Bad Request", json.dumps(format_error(400, str(error))), ("InputError", refusal_reason(error))
-    return 500, "Internal Server Error", json.dumps(
-        format_error(500, "internal error while reading the input", "InternalError")), ("InternalError", refusal_reason(error))
+        status, phrase, body = 413, "Payload Too Large", format_error(413, str(error), "InputTooLarge")
+    elif isinstance(error, InputError):
+        status, phrase, body = 400, "Bad Request", format_error(400, str(error))
+    else:
+        status, phrase = 500, "Internal Server Error"
+        body = format_error(500, "internal error while reading the input", "InternalError")
+    return status, phrase, json.dumps(body), (body["type"], refusal_reason(error))
 
 
 def refusal_reason(error: Exception) -> str:

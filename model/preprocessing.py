@@ -6,7 +6,8 @@ digit is turned into a tensor the same way when the model learns and when it ser
 The target is MNIST's geometry: a 28x28 grey image, white digit on black, the digit's bounding box
 scaled to fit 20x20 (aspect kept) and placed so its centre of mass sits at the centre. Every input
 -- an 8x8 scikit-learn scan, a 28x28 MNIST PNG, a photo of a digit drawn in black on white paper,
-a screen drawing with a transparent background -- goes through `to_mnist_geometry`.
+a screen drawing with a transparent background -- goes through `to_mnist_geometry_batch`, a whole batch of
+images per call (`to_mnist_geometry` for one).
 """
 from __future__ import annotations
 
@@ -19,8 +20,6 @@ import zlib
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-import torchvision.ops  # noqa: F401 -- registers torchvision's C++ operators (roi_align), CPU and CUDA
 from PIL import Image, ImageOps
 
 IMAGE_SIZE = 28  # side of the network's input, pixels
@@ -110,7 +109,8 @@ def plain_png_header(data: bytes) -> tuple[int, int, int, list[slice]] | None:
         if zlib.crc32(memoryview(data)[position + 4 : end - 4]) != struct.unpack_from(">I", data, end - 4)[0]:
             return None
         if kind == b"IHDR":
-            width, height, depth, colour, compression, filtering, interlace = struct.unpack_from(">IIBBBBB", data, position + 8)
+            width, height, depth, colour, compression, filtering, interlace = struct.unpack_from(
+                ">IIBBBBB", data, position + 8)
             if (depth != 8 or colour not in FAST_PNG_COLOUR_TYPES or compression or filtering or interlace
                     or not MIN_IMAGE_SIDE <= min(width, height) or width * height > MAX_IMAGE_PIXELS):
                 return None  # Pillow refuses sizes out of range with the usual messages
@@ -295,7 +295,7 @@ def _same_size_groups(greys, errors: list):
     for (_, is_uint8), indices in groups.items():
         members = [greys[index] for index in indices]
         if all(isinstance(member, np.ndarray) for member in members):
-            yield indices, np.stack(members if is_uint8 else [member.astype(np.float32, copy=False) for member in members])
+            yield indices, np.stack(members if is_uint8 else [member.astype(np.float32) for member in members])
         else:
             yield indices, torch.stack([torch.as_tensor(member) if is_uint8 else torch.as_tensor(member).float()
                                         for member in members])
