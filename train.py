@@ -59,18 +59,22 @@ class Split:
 # ---------------------------------------------------------------- datasets
 
 
+GEOMETRY_CHUNK = 2048  # images per to_mnist_geometry_batch call: batched, with bounded memory for large datasets
+
+
 def to_frames(greys, labels, resolution: int) -> tuple[np.ndarray, np.ndarray]:
-    """Grey images in [0, 1] -> 28x28 MNIST-geometry frames; images with no digit are dropped (and counted)."""
+    """Grey images in [0, 1] -> 28x28 MNIST-geometry frames; images with no digit are dropped (and counted).
+
+    The same batched geometry the handler runs on each batch of requests (model/preprocessing.py)."""
     frames, kept = [], []
-    for grey, label in zip(greys, labels):
-        try:
-            frames.append(preprocessing.to_mnist_geometry(grey, resolution))
-            kept.append(label)
-        except preprocessing.InputError:
-            continue
+    for start in range(0, len(labels), GEOMETRY_CHUNK):
+        chunk, errors = preprocessing.to_mnist_geometry_batch(greys[start : start + GEOMETRY_CHUNK], resolution)
+        good = [index for index, error in enumerate(errors) if error is None]
+        frames.append(chunk.numpy()[good])
+        kept += [labels[start + index] for index in good]
     if len(kept) < len(labels):
         log.warning("dropped %d blank images", len(labels) - len(kept))
-    return np.stack(frames), np.asarray(kept, dtype=np.int64)
+    return np.concatenate(frames), np.asarray(kept, dtype=np.int64)
 
 
 def load_sklearn_digits_u8() -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,9 @@
 """TorchServe handler for the digit CNN: a thin BaseHandler subclass over small pure functions.
 
-Each request in a batch is parsed on its own: a bad one gets HTTP 400 with a JSON message (through
-TorchServe's per-request status), the good ones in the same batch still get their predictions, and
-the worker keeps running.
+Each request in a batch is read on its own (handler/wire.py: wire format -> decoded images), then the images of
+all of them go through the MNIST geometry in one batched call and the network in one forward pass. A bad request
+gets HTTP 400 with a JSON message (through TorchServe's per-request status), the good ones in the same batch still
+get their predictions, and the worker keeps running.
 
 Accepted per request (REST body, or one multipart field):
   * raw image bytes: PNG, JPEG, BMP, GIF, WEBP; any size; grey, RGB, RGBA, palette, 16-bit
@@ -18,8 +19,6 @@ its gRPC path and could only fail the whole batch. Clients recognise an error by
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import logging
@@ -36,10 +35,11 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler import explanations, open_inference
+from handler.wire import (DecodedRequest, decode_base64, decode_body, decode_infer_request,  # noqa: F401
+                          looks_like_json, parse_json_object, parse_request, parse_topk, read_body, request_payload)
 from model import preprocessing
 from model.digit_cnn import DigitCNN
 from model.preprocessing import InputError, InputTooLarge
-from model.preprocessing import ParsedInput as Parsed  # the handler module may define one class only
 
 logger = logging.getLogger(__name__)
 
@@ -145,131 +145,44 @@ def load_labels(model_dir: str, num_classes: int) -> list[str]:
 
 
 # ---------------------------------------------------------------- per-request functions
+# Reading a request (wire format -> decoded images) lives in handler/wire.py: parse_request and its helpers.
 
 
-def request_payload(row: dict) -> object:
-    """The one payload of a TorchServe request row: the raw body, or the single multipart field."""
-    for key in ("data", "body"):
-        if row.get(key) is not None:
-            return row[key]
-    if len(row) == 1:
-        return next(iter(row.values()))
-    if not row:  # also what a form-urlencoded body (curl -d) becomes: TorchServe parses it as form fields
-        raise InputError(
-            "empty request: send the image as the raw body (curl --data-binary @digit.png "
-            "-H 'Content-Type: application/octet-stream', or curl -T digit.png), as multipart field 'data', or as JSON"
-        )
-    raise InputError(f"expected one body or one form field named 'data', got fields {sorted(row)}")
+def preprocess(requests: list[DecodedRequest], resolution: int,
+               device: torch.device | str | None = None) -> tuple[torch.Tensor, list[InputError | None]]:
+    """Every image of every decoded request -> network input, through the MNIST geometry in one batched call.
 
-
-def parse_topk(value: object, num_classes: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= num_classes:
-        raise InputError(f"topk must be an integer from 1 to {num_classes}, got {value!r}")
-    return value
-
-
-def decode_base64(text: object) -> bytes:
-    if not isinstance(text, str):
-        raise InputError(f'"data" must be a base64 string, got {type(text).__name__}')
-    if text.startswith("data:"):  # a browser's canvas.toDataURL(): data:image/png;base64,....
-        text = text.partition(",")[2]
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise InputError('"data" is not valid base64') from None
-
-
-def parse_images_list(images: object, resolution: int, max_images: int) -> torch.Tensor:
-    """JSON "images": a list of base64 images -> N x 1 x 28 x 28; an error names the image's index."""
-    if not isinstance(images, list):
-        raise InputError(f'"images" must be a list of base64 images, got {type(images).__name__}')
-    preprocessing.check_image_count(len(images), max_images)
-    tensors = []
-    for index, text in enumerate(images):
-        try:
-            tensors.append(preprocessing.image_bytes_to_tensor(decode_base64(text), resolution))
-        except InputError as error:
-            raise InputError(f"image {index}: {error}") from None
-    return torch.stack(tensors)
-
-
-def parse_json_object(document: object, resolution: int, default_topk: int, num_classes: int,
-                      max_images: int = preprocessing.MAX_IMAGES_PER_REQUEST) -> Parsed:
-    """{"data": base64}, {"pixels": 28x28} or {"images": [base64, ...]} (+ optional "topk") -> Parsed."""
-    if not isinstance(document, dict):
-        raise InputError(
-            f'JSON body must be an object with "data", "pixels" or "images", got {type(document).__name__}'
-        )
-    topk = parse_topk(document["topk"], num_classes) if "topk" in document else default_topk
-    if "data" in document:
-        return Parsed(preprocessing.image_bytes_to_tensor(decode_base64(document["data"]), resolution)[None], topk)
-    if "pixels" in document:
-        return Parsed(preprocessing.pixels_to_tensor(document["pixels"], resolution)[None], topk, kind="pixels")
-    if "images" in document:
-        return Parsed(parse_images_list(document["images"], resolution, max_images), topk, many=True)
-    raise InputError(
-        f'JSON body needs "data" (base64 image), "pixels" (28x28 array) or "images" (list of base64 images), '
-        f"got keys {sorted(document)}"
-    )
-
-
-def looks_like_json(data: bytes) -> bool:
-    head = data[:64].lstrip()
-    return head[:1] in (b"{", b"[")
-
-
-def read_body(row: dict) -> bytes | object:
-    """One TorchServe request row -> the bytes of an image or .npy file, or a parsed JSON document.
-
-    TorchServe has already parsed application/json bodies into Python objects and text/* bodies into
-    str; other bodies arrive as bytes. JSON sent with another content type is recognised by its first byte,
-    a .npy file by its magic.
+    Returns the inputs of all the images, in order (N x 1 x 28 x 28 on `device`), and per request None or the
+    InputError that refuses it: its first refused image (blank), named "image i: " in a multi-image request.
     """
-    payload = request_payload(row)
-    if isinstance(payload, (bytes, bytearray)):
-        payload = bytes(payload)
-        if payload.startswith(preprocessing.NPY_MAGIC) or not looks_like_json(payload):
-            return payload
+    images = [image for request in requests for image in request.images]
+    frames, errors = preprocessing.to_mnist_geometry_batch(images, resolution, device)
+    refusals: list[InputError | None] = []
+    start = 0
+    for request in requests:
+        stop = start + len(request.images)
+        index, error = next(((index, error) for index, error in enumerate(errors[start:stop]) if error is not None),
+                            (0, None))
+        refusals.append(InputError(f"image {index}: {error}") if error is not None and request.many else error)
+        start = stop
+    return preprocessing.normalize(frames), refusals
+
+
+def preprocess_one_by_one(requests: list[DecodedRequest], resolution: int,
+                          device: torch.device | str | None = None) -> tuple[torch.Tensor, list[Exception | None]]:
+    """preprocess, one request at a time: after an unexpected error in a batch, only the request it belongs to
+    is refused (with that exception: a 500), the others are answered."""
+    parts, refusals = [], []
+    for request in requests:
         try:
-            return json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise InputError(f"invalid JSON: {error}") from None
-    if isinstance(payload, str):
-        try:
-            return json.loads(payload)
-        except json.JSONDecodeError:
-            raise InputError("text body is neither an image nor JSON") from None
-    return payload
-
-
-def parse_body(body: bytes | object, resolution: int, default_topk: int, num_classes: int,
-               max_images: int = preprocessing.MAX_IMAGES_PER_REQUEST) -> Parsed:
-    """What read_body returned (TorchServe's own wire formats) -> Parsed, or InputError naming the problem."""
-    if isinstance(body, bytes):
-        if body.startswith(preprocessing.NPY_MAGIC):
-            frames = preprocessing.decode_npy_frames(body, max_images)
-            return Parsed(preprocessing.frames_to_tensor(frames, resolution), default_topk, many=True)
-        return Parsed(preprocessing.image_bytes_to_tensor(body, resolution)[None], default_topk)
-    return parse_json_object(body, resolution, default_topk, num_classes, max_images)
-
-
-def parse_request(row: dict, resolution: int, default_topk: int, num_classes: int,
-                  max_images: int = preprocessing.MAX_IMAGES_PER_REQUEST) -> Parsed:
-    """One TorchServe request row -> Parsed, or InputError (InputTooLarge) naming the problem."""
-    return parse_body(read_body(row), resolution, default_topk, num_classes, max_images)
-
-
-def infer_request_inputs(request: open_inference.InferRequest, resolution: int) -> torch.Tensor:
-    """A v2 request's images (encoded, or pixel frames) -> N x 1 x 28 x 28; an error names the image's index."""
-    if request.frames is not None:
-        return preprocessing.frames_to_tensor(request.frames, resolution)
-    tensors = []
-    for index, data in enumerate(request.encoded):
-        try:
-            tensors.append(preprocessing.image_bytes_to_tensor(data, resolution))
-        except InputError as error:
-            raise InputError(f"image {index}: {error}") from None
-    return torch.stack(tensors)
+            inputs, (refusal,) = preprocess([request], resolution, device)
+        except Exception as error:  # noqa: BLE001 - a bug; logged, and this request alone gets a 500
+            logger.exception("unexpected error preprocessing a request")
+            size = preprocessing.IMAGE_SIZE
+            inputs, refusal = torch.zeros((len(request.images), 1, size, size), device=device), error
+        parts.append(inputs)
+        refusals.append(refusal)
+    return torch.cat(parts), refusals
 
 
 EXPLAIN_FIELD_VALUES = (b"true", b"True", "true", "True")
@@ -281,9 +194,9 @@ def wants_explanation(request_headers: dict, row: dict) -> bool:
     return request_headers.get("explain") == "True" or row.get("explain") in EXPLAIN_FIELD_VALUES
 
 
-def check_explained_count(parsed: Parsed, limit: int = explanations.MAX_EXPLAINED_IMAGES) -> None:
-    if len(parsed.inputs) > limit:
-        raise InputTooLarge(f"{len(parsed.inputs)} images to explain in one request; the limit is {limit}")
+def check_explained_count(request: DecodedRequest, limit: int = explanations.MAX_EXPLAINED_IMAGES) -> None:
+    if len(request.images) > limit:
+        raise InputTooLarge(f"{len(request.images)} images to explain in one request; the limit is {limit}")
 
 
 def came_over_grpc(request_properties: dict) -> bool:
@@ -336,6 +249,19 @@ REFUSAL_REASONS = (
 IMAGE_INDEX = re.compile(r"^(image \d+: )+")  # "image 3: not an image ..." in a multi-image request
 HANDLER_TIME = "HandlerTime"  # TorchServe's standard gauge: ms the handler spent on the last batch
 RESOURCE_METRICS_SECONDS = 10.0  # how often a worker reports its memory and CPU time
+
+
+def refusal_answer(error: Exception) -> tuple[int, str, str, tuple[str, str]]:
+    """A refused request's HTTP status, reason phrase, JSON body, and (error type, reason) for the metrics:
+    413 for a limit, 400 for bad input, 500 for anything else (a bug; the message gives nothing away)."""
+    if isinstance(error, InputTooLarge):
+        status, phrase, body = 413, "Payload Too Large", format_error(413, str(error), "InputTooLarge")
+    elif isinstance(error, InputError):
+        status, phrase, body = 400, "Bad Request", format_error(400, str(error))
+    else:
+        status, phrase = 500, "Internal Server Error"
+        body = format_error(500, "internal error while reading the input", "InternalError")
+    return status, phrase, json.dumps(body), (body["type"], refusal_reason(error))
 
 
 def refusal_reason(error: Exception) -> str:
@@ -447,82 +373,101 @@ class DigitHandler(BaseHandler):
                 ("digits_worker_cpu_seconds_total", round(used, 3), worker)]
 
     def handle(self, data, context):
+        """read -> preprocess -> predict -> format: each request read on its own, the batch's images through the
+        geometry in one call and the network in one forward pass, one answer (or refusal) per request."""
         results: list = [None] * len(data)
-        accepted: list[tuple[int, Parsed]] = []
+        accepted: list[tuple[int, DecodedRequest]] = []
         infer_requests: dict[int, open_inference.InferRequest] = {}  # request index -> its v2 request
+        bodies: dict[int, object] = {}  # request index -> its body as read (a refusal of a v2 request is v2-shaped)
+        grpc_requests: set[int] = set()
         explained: set[int] = set()  # request indices that asked why (explanations)
         refusals: list[tuple[str, str]] = []
         started = time.perf_counter()
         batch_size = str(len(data))
         self.batches += 1
         batch_id = f"{self.process.pid}-{self.batches}"
+
+        def refuse(idx: int, error: Exception) -> None:
+            status, phrase, body, counted = refusal_answer(error)
+            if open_inference.is_infer_request(bodies.get(idx)):  # a v2 request: the protocol's error shape
+                body = json.dumps(self.infer_refusal(bodies[idx], idx in grpc_requests, status,
+                                                     json.loads(body)["message"]))
+            context.set_response_status(status, phrase, idx)
+            results[idx] = body
+            refusals.append(counted)
+
         for idx, row in enumerate(data):
             headers = context.get_all_request_header(idx)
             context.set_response_content_type(idx, JSON_CONTENT_TYPE)
             context.set_response_header(idx, BATCH_SIZE_HEADER, batch_size)
             context.set_response_header(idx, BATCH_ID_HEADER, batch_id)
-            grpc = came_over_grpc(headers)
-            if grpc:
+            if came_over_grpc(headers):
+                grpc_requests.add(idx)
                 context.set_response_header(idx, STREAM_NEXT_HEADER, "false")
             explain = wants_explanation(headers, row)
-            body = None
             try:
-                body = read_body(row)
+                body = bodies[idx] = read_body(row)
                 if open_inference.is_infer_request(body):
-                    request = open_inference.parse_infer_request(body, self.max_images, explain)
-                    parsed = Parsed(infer_request_inputs(request, self.resolution), 1, many=True, kind="oip")
-                    infer_requests[idx] = request
+                    infer_requests[idx] = open_inference.parse_infer_request(body, self.max_images, explain)
+                    request = decode_infer_request(infer_requests[idx])
                 else:
-                    parsed = parse_body(body, self.resolution, self.topk, len(self.labels), self.max_images)
+                    request = decode_body(body, self.topk, len(self.labels), self.max_images)
                 if explain:
-                    check_explained_count(parsed)
+                    check_explained_count(request)
                     explained.add(idx)
-                accepted.append((idx, parsed))
-            except Exception as error:  # a bug must cost this request alone, never the batch or the worker
-                if isinstance(error, InputTooLarge):
-                    code, phrase, error_type, message = 413, "Payload Too Large", "InputTooLarge", str(error)
-                elif isinstance(error, InputError):
-                    code, phrase, error_type, message = 400, "Bad Request", "InputError", str(error)
-                else:
+                accepted.append((idx, request))
+            except Exception as error:  # InputError: 400/413; a bug costs this request alone (500), never the batch
+                if not isinstance(error, InputError):
                     logger.exception("unexpected error parsing request %d", idx)
-                    code, phrase, error_type = 500, "Internal Server Error", "InternalError"
-                    message = "internal error while reading the input"
-                context.set_response_status(code, phrase, idx)
-                results[idx] = json.dumps(self.refusal(body, grpc, code, error_type, message))
-                refusals.append((error_type, refusal_reason(error)))
+                refuse(idx, error)
+        decoded = [request for _, request in accepted]
+        try:
+            inputs, refused = preprocess(decoded, self.resolution, self.device)
+        except Exception:  # a bug: find the request it belongs to, so that it costs that request alone
+            logger.exception("unexpected error preprocessing a batch; preprocessing its requests one by one")
+            inputs, refused = preprocess_one_by_one(decoded, self.resolution, self.device)
+        answered, rows, start = [], [], 0
+        for (idx, request), refusal in zip(accepted, refused):
+            if refusal is None:
+                answered.append((idx, request))
+                rows += range(start, start + len(request.images))
+            else:
+                refuse(idx, refusal)
+            start += len(request.images)
         preprocessing_ms = (time.perf_counter() - started) * 1000.0
         predicted: list[str] = []
-        if accepted:
-            batch = torch.cat([parsed.inputs for _, parsed in accepted]).to(self.device)
-            probabilities = predict(self.model, batch).cpu()
+        if answered:
+            batch = inputs if len(rows) == len(inputs) else inputs[torch.tensor(rows, device=inputs.device)]
+            probabilities = predict(self.model, batch.to(self.device)).cpu()
             # One topk and one tolist for the whole batch: per-row torch calls cost more than the model here.
-            values, indices = torch.topk(probabilities, max(parsed.topk for _, parsed in accepted))
+            values, indices = torch.topk(probabilities, max(request.topk for _, request in answered))
             values, indices = values.tolist(), indices.tolist()
-            why = self.explain_batch(batch, indices, accepted, explained) if explained else {}
+            why = self.explain_batch(batch, indices, answered, explained) if explained else {}
             start = 0
-            for idx, parsed in accepted:
-                rows = range(start, start + len(parsed.inputs))
-                start += len(parsed.inputs)
+            for idx, request in answered:
+                span = range(start, start + len(request.images))
+                start += len(request.images)
                 if idx in infer_requests:
-                    labels = [self.labels[indices[row][0]] for row in rows]
+                    labels = [self.labels[indices[row][0]] for row in span]
                     fields = why.get(idx, [])
                     answer = open_inference.format_infer_response(
-                        infer_requests[idx], self.model_name, self.model_version, probabilities[rows.start:rows.stop].tolist(),
-                        labels, [field["attributions"] for field in fields] if fields else None,
+                        infer_requests[idx], self.model_name, self.model_version,
+                        probabilities[span.start:span.stop].tolist(), labels,
+                        [field["attributions"] for field in fields] if fields else None,
                         [field["image"] for field in fields] if fields else None)
                     results[idx] = json.dumps(answer)
                     predicted += labels
                     continue
-                answers = [format_ranked(values[row][: parsed.topk], indices[row][: parsed.topk], self.labels)
-                           for row in rows]
+                answers = [format_ranked(values[row][: request.topk], indices[row][: request.topk], self.labels)
+                           for row in span]
                 for answer, fields in zip(answers, why.get(idx, [])):
                     answer.update(fields)
-                results[idx] = json.dumps({"predictions": answers} if parsed.many else answers[0])
+                results[idx] = json.dumps({"predictions": answers} if request.many else answers[0])
                 predicted += [answer["label"] for answer in answers]
-        rows = batch_metrics([parsed for _, parsed in accepted], refusals, predicted, preprocessing_ms)
+        rows = batch_metrics([request for _, request in answered], refusals, predicted, preprocessing_ms)
         if explained:
-            rows.append(("digits_explained_images_total", sum(len(parsed.inputs) for idx, parsed in accepted
-                                                             if idx in explained), {}))
+            rows.append(("digits_explained_images_total",
+                         sum(len(request.images) for idx, request in answered if idx in explained), {}))
         if time.monotonic() - self.resources_reported >= RESOURCE_METRICS_SECONDS:
             rows += self.resource_metrics()
         # TorchServe's BaseHandler.handle reports HandlerTime (a gauge: the last batch); this handle replaces it, so
@@ -532,14 +477,14 @@ class DigitHandler(BaseHandler):
         emit_metrics(context.metrics, rows, self.model_name, idx=0)
         return results
 
-    def explain_batch(self, batch: torch.Tensor, indices: list[list[int]], accepted: list, explained: set) -> dict:
+    def explain_batch(self, batch: torch.Tensor, indices: list[list[int]], answered: list, explained: set) -> dict:
         """Integrated gradients for the requests that asked, in one pass: request index -> one dict per image."""
         selected, owners, start = [], [], 0
-        for idx, parsed in accepted:
+        for idx, request in answered:
             if idx in explained:
-                selected += range(start, start + len(parsed.inputs))
-                owners += [idx] * len(parsed.inputs)
-            start += len(parsed.inputs)
+                selected += range(start, start + len(request.images))
+                owners += [idx] * len(request.images)
+            start += len(request.images)
         inputs = batch[selected]
         targets = torch.tensor([indices[row][0] for row in selected])
         attributions = explanations.integrated_gradients(self.eager_model, inputs, targets)
@@ -548,10 +493,8 @@ class DigitHandler(BaseHandler):
             fields.setdefault(owner, []).append(field)
         return fields
 
-    def refusal(self, body: object, grpc: bool, code: int, error_type: str, message: str) -> dict:
-        """A refused request's body: TorchServe's error shape, or the Open Inference Protocol's for a v2 request."""
-        if not open_inference.is_infer_request(body):
-            return format_error(code, message, error_type)
+    def infer_refusal(self, body: dict, grpc: bool, code: int, message: str) -> dict:
+        """A refused v2 request's body, in the Open Inference Protocol's shape (in band over gRPC)."""
         if grpc:
             request_id = body.get("id") if isinstance(body.get("id"), str) else ""
             return open_inference.format_grpc_error(request_id, self.model_name, self.model_version, code, message)

@@ -6,7 +6,7 @@
 #                                            # -> model_store/digits_v2.mar: model digits, version 2.0
 #
 # The archive carries the weights (state_dict + architecture) and their SHA-256 (weights.sha256), the
-# handler, the model/ package (network + the one preprocessing module) so the handler imports it exactly
+# handler (and handler/wire.py, which reads the request formats), the model/ package (network + the one preprocessing module) so the handler imports it exactly
 # as train.py does, index_to_name.json, and handler/model-config.yaml (workers, batching, timeouts).
 set -euo pipefail
 
@@ -66,10 +66,10 @@ archiver="$(command -v torch-model-archiver || true)"
 stage="$(mktemp -d)"
 out="$(mktemp -d)"
 trap 'rm -rf "$stage" "$out"' EXIT
-mkdir -p "$stage/model"
+mkdir -p "$stage/model" "$stage/handler"
 cp "$root"/model/*.py "$stage/model/"
-# The handler's own modules (wire formats, explanations) as the package `handler`, imported as in the repo.
-mkdir -p "$stage/handler"
+# The handler's own modules (handler/wire.py: request formats -> decoded images; the Open Inference Protocol;
+# explanations) as the package they are imported from; the handler file itself goes in as --handler.
 find "$root/handler" -maxdepth 1 -name '*.py' ! -name digit_handler.py -exec cp {} "$stage/handler/" \;
 cp "$labels" "$stage/index_to_name.json"
 # The weights' SHA-256, recorded now and checked by the handler before torch.load: a swapped or corrupted

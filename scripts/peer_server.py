@@ -4,9 +4,9 @@
 
 Same model and same preprocessing as the bundle: it unpacks the .mar, checks the weights' SHA-256, loads them and
 optimizes them for CPU exactly as the handler does (handler/digit_handler.py's functions), and reads each request
-with the handler's parse_request, so it accepts and refuses the same inputs and answers the same JSON. What it does
-not have is what TorchServe adds: no dynamic batching (batch 1), no worker supervision, no management API, no
-metrics. `--workers` uvicorn processes (default 2, one per core here), each with one torch thread; every request
+with the handler's parse_request and preprocess, so it accepts and refuses the same inputs and answers the same
+JSON. What it does not have is what TorchServe adds: no dynamic batching (batch 1), no worker supervision, no
+management API, no metrics. `--workers` uvicorn processes (default 2, one per core here), each with one torch thread; every request
 needs `Authorization: Bearer <the token in --token-file>`.
 
 POST /predictions/<model> answers like TorchServe's handler (200, or 400/413 with {"code", "type", "message"});
@@ -46,7 +46,7 @@ def create_app():
 
     from handler.digit_handler import (DEFAULT_TOPK, DIGEST_FILE, InputError, InputTooLarge, format_error,
                                        format_ranked, load_labels, load_model, optimize_for_cpu, parse_request,
-                                       predict, verify_weights, checkpoint_resolution)
+                                       predict, preprocess, verify_weights, checkpoint_resolution)
 
     torch.set_num_threads(int(os.environ.get(ENV_THREADS, "1")))
     model_dir = Path(os.environ[ENV_MODEL_DIR])
@@ -76,15 +76,18 @@ def create_app():
         if name != manifest["model"]["modelName"]:
             return error(404, f"model {name!r} not found", "ModelNotFound")
         try:
-            parsed = parse_request({"body": await request.body()}, resolution, DEFAULT_TOPK, len(labels))
+            decoded = parse_request({"body": await request.body()}, DEFAULT_TOPK, len(labels))
+            inputs, (refusal,) = preprocess([decoded], resolution)
         except InputTooLarge as refused:
             return error(413, str(refused), "InputTooLarge")
         except InputError as refused:
             return error(400, str(refused), "InputError")
-        values, indices = torch.topk(predict(model, parsed.inputs), parsed.topk)
+        if refusal is not None:
+            return error(400, str(refusal), "InputError")
+        values, indices = torch.topk(predict(model, inputs), decoded.topk)
         answers = [format_ranked(row_values, row_indices, labels)
                    for row_values, row_indices in zip(values.tolist(), indices.tolist())]
-        body = {"predictions": answers} if parsed.many else answers[0]
+        body = {"predictions": answers} if decoded.many else answers[0]
         return Response(json.dumps(body), media_type="application/json")
 
     return app

@@ -74,12 +74,14 @@ def test_training_and_serving_produce_the_same_tensor():
     images, labels = sklearn_scans_u8()
     frames, _ = train.to_frames(images[:20].astype(np.float32) / 255.0, labels[:20], train.DIGITS_RESOLUTION)
     training = preprocessing.normalize(torch.from_numpy(frames))
-    for index in range(20):
-        parsed = digit_handler.parse_request(
-            {"body": bytearray(png_bytes(images[index]))}, train.DIGITS_RESOLUTION, 3, 10
-        )
-        assert parsed.topk == 3 and not parsed.many
-        assert torch.equal(parsed.inputs[0], training[index])
+    decoded = [digit_handler.parse_request({"body": bytearray(png_bytes(image))}, 3, 10) for image in images[:20]]
+    assert all(request.topk == 3 and not request.many for request in decoded)
+    inputs, refusals = digit_handler.preprocess(decoded, train.DIGITS_RESOLUTION)  # one batch, as a worker does
+    assert refusals == [None] * 20
+    assert torch.equal(inputs, training)
+    for index in (0, 7):  # and alone: a batch's company changes nothing
+        alone, _ = digit_handler.preprocess(decoded[index : index + 1], train.DIGITS_RESOLUTION)
+        assert torch.equal(alone[0], training[index])
 
 
 def test_initialize_reads_weights_labels_and_settings(handler):
@@ -232,6 +234,44 @@ def test_unexpected_error_costs_only_that_request(handler, model_dir, test_split
     answers, statuses, _ = run_batch(handler, model_dir, [{"boom": b"1", "x": b"2"}, {"body": bytearray(png_bytes(images[1]))}])
     assert statuses == [500, 200]
     assert answers[0]["type"] == "InternalError" and answers[1]["label"] == str(labels[1])
+
+
+def test_a_bug_in_the_batched_geometry_costs_only_its_request(handler, model_dir, test_split, monkeypatch):
+    """An unexpected error in the batch's geometry: the batch is preprocessed again one request at a time, and only
+    the request whose image triggers it gets a 500."""
+    images, labels = test_split
+    real_geometry = preprocessing.to_mnist_geometry_batch
+
+    def flaky(greys, *args, **kwargs):
+        if any(grey.shape == (29, 29) for grey in greys):
+            raise RuntimeError("a bug")
+        return real_geometry(greys, *args, **kwargs)
+
+    monkeypatch.setattr(preprocessing, "to_mnist_geometry_batch", flaky)
+    odd = np.pad(images[2], ((0, 1), (0, 1)))
+    answers, statuses, _ = run_batch(handler, model_dir, [{"body": bytearray(png_bytes(image))} for image in
+                                                          (images[0], odd, images[1])])
+    assert statuses == [200, 500, 200]
+    assert answers[1]["type"] == "InternalError"
+    assert [answers[0]["label"], answers[2]["label"]] == [str(labels[0]), str(labels[1])]
+
+
+def test_preprocess_refuses_requests_by_their_first_blank_image(test_split):
+    image = test_split[0][0]
+    blank = np.zeros((28, 28), np.uint8)
+    requests = [
+        digit_handler.DecodedRequest([image], 3),
+        digit_handler.DecodedRequest([image, blank, image, blank], 3, many=True),
+        digit_handler.DecodedRequest([blank], 3),
+        digit_handler.DecodedRequest([np.pad(image, 10), image], 3, many=True),
+    ]
+    inputs, refusals = digit_handler.preprocess(requests, 20)
+    assert inputs.shape == (8, 1, 28, 28)
+    assert [str(refusal) if refusal else None for refusal in refusals] == [
+        None, "image 1: blank image: no digit found", "blank image: no digit found", None]
+    # images of other sizes in the same batch: each as it would be alone
+    torch.testing.assert_close(inputs[6], digit_handler.preprocess(requests[3:], 20)[0][0])
+    torch.testing.assert_close(inputs[0], inputs[7])
 
 
 def test_grpc_answers_are_marked_final_and_rest_answers_are_not(handler, model_dir, test_split):
@@ -400,7 +440,7 @@ def test_a_worker_reports_its_start_memory_and_cpu(model_dir, caplog):
 def test_every_refusal_of_the_bad_input_matrix_has_its_own_reason(name, test_split):
     body = bad_inputs.refused_bodies(test_split[0][0])[name]
     with pytest.raises(InputError) as refused:
-        digit_handler.parse_request({"body": bytearray(body)}, 20, 3, 10)
+        digit_handler.parse_request({"body": bytearray(body)}, 3, 10)
     expected = {
         "empty body": "empty_body", "random bytes": "not_an_image", "text": "not_an_image",
         "truncated png": "unreadable_image", "decompression bomb 50000x50000": "image_too_large",

@@ -150,11 +150,13 @@ def test_any_json_becomes_a_request_or_an_input_error(document, form):
         text = json.dumps(document, allow_nan=True)
         row = {"body": bytearray(text.encode()) if form == "bytes" else text}
     try:
-        parsed = digit_handler.parse_request(row, 10, 3, 10)
+        decoded = digit_handler.parse_request(row, 3, 10)
     except InputError:
         return
-    assert_network_input(parsed.inputs, len(parsed.inputs))
-    assert 1 <= parsed.topk <= 10
+    assert 1 <= decoded.topk <= 10 and 1 <= len(decoded.images) <= 256
+    inputs, (refusal,) = digit_handler.preprocess([decoded], 10)
+    assert refusal is None or isinstance(refusal, InputError)
+    assert_network_input(inputs, len(decoded.images))
 
 
 @pytest.mark.parametrize("pixels", [[[math.nan] * 28] * 28, [[math.inf] * 28] * 28, [[1e300] * 28] * 28,

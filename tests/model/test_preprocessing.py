@@ -255,9 +255,158 @@ def test_frames_to_tensor_matches_one_by_one():
         assert torch.equal(batch[index], preprocessing.normalize(preprocessing.to_mnist_geometry(frames[index], 10)))
 
 
-def test_border_median_equals_numpy_median():
+def test_noisy_backgrounds_of_odd_shapes_match_the_reference():
+    """Noisy light or dark backgrounds (the border's median decides the polarity and the background level),
+    non-square images: the batched geometry equals the per-image reference."""
     rng = np.random.default_rng(0)
-    for count in (1, 2, 3, 27, 108, 109):
-        for _ in range(50):
-            values = rng.random(count).astype(np.float32)
-            assert preprocessing.border_median(values) == float(np.median(values))
+    for height, width in ((8, 8), (9, 8), (28, 28), (30, 41), (64, 20)):
+        for light in (False, True):
+            grey = rng.random((height, width)).astype(np.float32) * 0.3 + (0.6 if light else 0.05)
+            seven = np.asarray(Image.fromarray(digit_seven(28)).resize((width, height))) / 255.0
+            grey = np.where(seven > 0.5, 0.0 if light else 1.0, grey).astype(np.float32)
+            for resolution in (20, 8):
+                np.testing.assert_allclose(preprocessing.to_mnist_geometry(grey, resolution),
+                                           old_to_mnist_geometry(grey, resolution), atol=1e-4)
+
+
+def old_to_mnist_geometry(grey: np.ndarray, resolution: int) -> np.ndarray:
+    """The per-image numpy + Pillow geometry served until the batched one replaced it (kept here as the reference)."""
+    low, high = float(grey.min()), float(grey.max())
+    border = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
+    background = float(np.median(border))
+    if background > 0.5:
+        grey, background, high = 1.0 - grey, 1.0 - background, 1.0 - low
+    ink = np.clip((grey - background) / max(high - background, 1e-6), 0.0, 1.0).astype(np.float32)
+    rows, cols = np.flatnonzero((ink > 0.1).any(axis=1)), np.flatnonzero((ink > 0.1).any(axis=0))
+    box = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    height, width = box.shape
+    box = Image.fromarray(box, mode="F")
+    if resolution < max(height, width):
+        scale = resolution / max(height, width)
+        box = box.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR)
+    scale = 20 / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    box = np.clip(np.asarray(box.resize((new_w, new_h), Image.BILINEAR), dtype=np.float32), 0.0, 1.0)
+    com_y = float(box.sum(axis=1) @ np.arange(new_h)) / float(box.sum())
+    com_x = float(box.sum(axis=0) @ np.arange(new_w)) / float(box.sum())
+    top = min(max(round(13.5 - com_y), 0), 28 - new_h)
+    left = min(max(round(13.5 - com_x), 0), 28 - new_w)
+    frame = np.zeros((28, 28), dtype=np.float32)
+    frame[top : top + new_h, left : left + new_w] = box
+    return frame
+
+
+@pytest.mark.parametrize("resolution", [20, 10, 8])
+def test_batched_geometry_matches_the_per_image_pillow_geometry(resolution, test_split):
+    """Real MNIST digits, 8x8 scans and larger images of both polarities, at every training resolution: the batched
+    matrix resize reproduces Pillow's antialiased BILINEAR resize and the whole-pixel centring."""
+    images = list(test_split[0][:60] / 255.0) + list(sklearn_scans_u8()[0][:30] / 255.0)
+    images += [digit_seven(100) / 255.0, 1.0 - digit_seven(56) / 255.0, digit_seven(40, ink=180, background=60) / 255.0]
+    frames, errors = preprocessing.to_mnist_geometry_batch(images, resolution)
+    assert errors == [None] * len(images) and frames.shape == (len(images), 28, 28)
+    for image, frame in zip(images, frames.numpy()):
+        np.testing.assert_allclose(frame, old_to_mnist_geometry(image.astype(np.float32), resolution), atol=1e-4)
+
+
+def test_batch_of_mixed_sizes_and_pixel_types_equals_one_by_one():
+    seven = digit_seven(64)
+    images = [seven, seven / 255.0, digit_seven(28), np.zeros((28, 28), np.uint8), digit_seven(28) / 255.0,
+              np.zeros((3, 3, 3)), torch.from_numpy(digit_seven(40))]
+    frames, errors = preprocessing.to_mnist_geometry_batch(images, 10)
+    assert [str(error) if error else None for error in errors] == [
+        None, None, None, "blank image: no digit found", None, "expected a 2-D grey image, got shape [3, 3, 3]", None]
+    for index in (0, 1, 2, 4, 6):
+        alone = preprocessing.to_mnist_geometry(np.asarray(images[index], dtype=np.float32) / (
+            255.0 if np.asarray(images[index]).dtype == np.uint8 else 1.0), 10)
+        np.testing.assert_allclose(frames[index].numpy(), alone, atol=1e-6)
+    assert frames[3].abs().sum() == 0
+
+
+def test_geometry_runs_on_the_device_it_is_given():
+    """On the CPU it runs in numpy, on any other device in torch there: the same frames either way."""
+    images = [digit_seven(28), digit_seven(64, ink=20, background=235)]
+    on_cpu, _ = preprocessing.to_mnist_geometry_batch(images, 10, "cpu")
+    # The torch implementation, forced on the CPU (what a GPU worker runs, on its GPU)
+    stacked = torch.from_numpy(np.stack([image.astype(np.float32) / 255.0 for image in images[:1]]))
+    frames, blank = preprocessing._geometry_of_one_size(stacked, 10)
+    assert isinstance(frames, torch.Tensor) and not blank.any()
+    torch.testing.assert_close(frames, on_cpu[:1], atol=1e-5, rtol=0)
+    if torch.cuda.is_available():
+        on_gpu, errors = preprocessing.to_mnist_geometry_batch(images, 10, "cuda")
+        assert on_gpu.device.type == "cuda" and errors == [None, None]
+        torch.testing.assert_close(on_gpu.cpu(), on_cpu, atol=1e-5, rtol=0)
+
+
+def test_fast_png_decoder_gives_pillows_pixels():
+    rng = np.random.default_rng(0)
+    for pixels in (digit_seven(28), rng.integers(0, 256, (33, 17), dtype=np.uint8),
+                   rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)):
+        for options in ({}, {"optimize": True}, {"compress_level": 0}):
+            data = encode(Image.fromarray(pixels), "PNG", **options)
+            fast = preprocessing.decode_plain_png(data)
+            assert fast is not None and fast.dtype == np.uint8
+            np.testing.assert_array_equal(fast.astype(np.float32) / 255.0, preprocessing.decode_with_pillow(data))
+            assert preprocessing.decode_image(data).dtype == np.float32
+
+
+def test_fast_png_decoder_leaves_everything_else_to_pillow():
+    seven = digit_seven(32)
+    rgba = np.dstack([seven, seven, seven, seven])
+    palette = Image.fromarray(seven).convert("P")
+    cases = {
+        "alpha": encode(Image.fromarray(rgba, "RGBA"), "PNG"),
+        "palette": encode(palette, "PNG"),
+        "16-bit": encode(Image.fromarray(seven.astype(np.uint16) * 257), "PNG"),
+        "transparency key": encode(Image.fromarray(seven), "PNG", transparency=0),
+        "exif": encode(Image.fromarray(seven), "PNG", exif=_rotated_exif()),
+        "text": encode(Image.fromarray(seven), "PNG", pnginfo=_text_chunk()),
+        "animation": encode(Image.fromarray(seven), "PNG", save_all=True,
+                            append_images=[Image.fromarray(255 - seven)]),
+        "truncated": png_bytes(seven)[:-20],
+        "bad IHDR CRC": _flip(png_bytes(seven), 29),
+        "too small": png_bytes(np.full((4, 40), 255, np.uint8)),
+        "too large": png_header_only(5000, 4000),
+        "JPEG": encode(Image.fromarray(seven), "JPEG"),
+    }
+    for name, data in cases.items():
+        assert preprocessing.decode_plain_png(data) is None, name
+
+
+def _rotated_exif() -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    return exif
+
+
+def test_exif_orientation_of_a_png_is_honoured():
+    seven = digit_seven(32)
+    rotated = preprocessing.decode_image(encode(Image.fromarray(seven), "PNG", exif=_rotated_exif()))
+    np.testing.assert_array_equal(rotated, np.rot90(seven, -1) / np.float32(255.0))
+
+
+def _text_chunk():
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "a seven")
+    return info
+
+
+def _flip(data: bytes, position: int) -> bytes:
+    changed = bytearray(data)
+    changed[position] ^= 0xFF
+    return bytes(changed)
+
+
+def test_png_with_gamma_and_srgb_chunks_takes_the_fast_path_with_the_same_pixels():
+    import struct
+    import zlib
+
+    data = png_bytes(digit_seven(28))
+    chunks = b""
+    for kind, body in ((b"gAMA", struct.pack(">I", 45455)), (b"sRGB", b"\x00"), (b"pHYs", struct.pack(">IIB", 2835, 2835, 1))):
+        chunks += struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    data = data[:33] + chunks + data[33:]  # after IHDR
+    fast = preprocessing.decode_plain_png(data)
+    assert fast is not None
+    np.testing.assert_array_equal(fast.astype(np.float32) / 255.0, preprocessing.decode_with_pillow(data))
