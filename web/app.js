@@ -138,7 +138,14 @@
 
   async function useFile(file) {
     if (!file) return;
-    const previous = { background, strokes };
+    // Everything that says "a new input is on its way" happens before the first await, so nothing (a person or a
+    // test) can read the previous answer as this file's.
+    history.push({ kind: "image", previous: { background, strokes } });
+    strokes = [];
+    changed();
+    const forVersion = version;
+    result.setAttribute("aria-busy", "true");
+    setStatus(`Classifying ${file.name}…`);
     const bytes = file.arrayBuffer();
     let bitmap = null;
     try {
@@ -146,15 +153,10 @@
     } catch {
       bitmap = null; // not an image this browser can show; the server says what is wrong with it
     }
+    if (forVersion !== version) return; // the pad changed meanwhile
     background = bitmap;
-    strokes = [];
-    history.push({ kind: "image", previous });
-    changed();
     redraw();
-    result.setAttribute("aria-busy", "true");
-    setStatus(`Classifying ${file.name}…`);
     // The file's own bytes, not the pad: the server judges exactly what was dropped.
-    const forVersion = version;
     send(await bytes, "application/octet-stream", forVersion);
   }
 

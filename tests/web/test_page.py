@@ -146,7 +146,10 @@ def test_a_bad_file_shows_the_servers_own_message(page, open_gateway, tmp_path):
     expected = explain(open_gateway, bad.read_bytes())
     assert expected.status_code == 400
     clear(page)
+    before = page.js("return document.getElementById('pad').dataset.version")
     page.driver.find_element("id", "file").send_keys(str(bad))
+    # The file field's change event may come after send_keys returns: wait until the page has taken the file.
+    page.wait(lambda: page.js("return document.getElementById('pad').dataset.version") != before, 10, "the file")
     page.answered()
     assert page.visible("error")
     assert page.text("error-message") == expected.json()["message"]
