@@ -8,17 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.web.browser import Browser, strokes_of
+from tests.web.browser import browser_session, strokes_of
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def browser():
-    browser = Browser()
-    yield browser
-    killed = browser.quit()
-    assert not killed, f"Chromium or chromedriver needed SIGKILL after quit: {killed}"
+    yield from browser_session()
 
 
 def draw(browser, digit: np.ndarray) -> None:

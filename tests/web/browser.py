@@ -261,3 +261,12 @@ def alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def browser_session():
+    """A headless Chromium for one test module (a pytest fixture body: both test folders use it), quit after;
+    quitting must not need SIGKILL."""
+    browser = Browser()
+    yield browser
+    killed = browser.quit()
+    assert not killed, f"Chromium or chromedriver needed SIGKILL after quit: {killed}"

@@ -32,9 +32,6 @@ def open_gateway(artifacts, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    from tests.web.browser import Browser
+    from tests.web.browser import browser_session
 
-    browser = Browser()
-    yield browser
-    killed = browser.quit()
-    assert not killed, f"Chromium or chromedriver needed SIGKILL after quit: {killed}"
+    yield from browser_session()
