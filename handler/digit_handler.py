@@ -28,6 +28,7 @@ import time
 import warnings
 from collections import Counter
 
+import numpy as np
 import psutil
 import torch
 from ts.metrics.dimension import Dimension
@@ -358,10 +359,18 @@ class DigitHandler(BaseHandler):
         self.initialized = True
         emit_metrics(context.metrics, [("digits_worker_starts_total", 1, {}), *self.resource_metrics()], self.model_name)
         logger.info(
-            "digit model loaded on %s by pid %d (%d classes, torch threads %d, resolution %d, %s, weights sha256 %s)",
-            self.device, os.getpid(), len(self.labels), torch.get_num_threads(), self.resolution,
-            "TorchScript optimized" if optimized else "eager", digest[:16],
+            "digit model loaded on %s by pid %d (preprocessing on %s, %d classes, torch threads %d, resolution %d, %s, "
+            "weights sha256 %s)", self.device, os.getpid(), self.preprocessing_device(), len(self.labels),
+            torch.get_num_threads(), self.resolution, "TorchScript optimized" if optimized else "eager", digest[:16],
         )
+
+    def preprocessing_device(self) -> torch.device:
+        """Where preprocessing puts a batch: one synthetic stroke through `preprocess`, the device of its output
+        (scripts/gpu_check.sh checks it is the GPU on a GPU worker). Also warms the geometry up."""
+        stroke = np.zeros((28, 28), dtype=np.float32)
+        stroke[6:22, 12:16] = 1.0
+        inputs, _ = preprocess([DecodedRequest([stroke], 1)], self.resolution, self.device)
+        return inputs.device
 
     def resource_metrics(self) -> list[tuple]:
         """This worker's memory and the CPU time it used since the last report."""

@@ -11,7 +11,8 @@
 # weights) with handler/model-config.yaml plus `deviceType: gpu` and `deviceIds: [0..N-1]`, starts its own
 # TorchServe (free ports, own temp dir, token auth on; never touches a running one), then requires that
 #   1. describe reports deviceType gpu and "gpu": true for every worker,
-#   2. every worker's handler logged "digit model loaded on cuda:<id> by pid <its pid>",
+#   2. every worker's handler logged "digit model loaded on cuda:<id> by pid <its pid> (preprocessing on cuda:<id>",
+#      the device of a batch its preprocessing produced at start,
 #   3. nvidia-smi lists every worker's pid as a CUDA process,
 #   4. the sample digits are classified correctly over REST.
 # It stops the server it started (by its own pid file) and removes its temp dir. Exit 0: all held.
@@ -149,17 +150,18 @@ missing=""
 for _ in $(seq 100); do
   missing=""
   for pid in ${worker_pids//,/ }; do
-    grep -q "digit model loaded on $expected[^ ]* by pid $pid " "$model_log" 2>/dev/null || missing="$missing $pid"
+    grep -q "digit model loaded on $expected[^ ]* by pid $pid (preprocessing on $expected" "$model_log" 2>/dev/null ||
+      missing="$missing $pid"
   done
   [ -z "$missing" ] && break
   sleep 0.2
 done
 workers="$(tr ',' '\n' <<<"$worker_pids" | grep -c .)"
 loaded=$((workers - $(wc -w <<<"$missing")))
-echo "handler log: $loaded of $workers workers loaded the model on $expected*"
-grep -o "digit model loaded on [^ ]* by pid [0-9]*" "$model_log" 2>/dev/null || true
+echo "handler log: $loaded of $workers workers loaded the model and preprocess on $expected*"
+grep -o "digit model loaded on [^ ]* by pid [0-9]* (preprocessing on [^,]*" "$model_log" 2>/dev/null || true
 if [ -n "$missing" ]; then
-  fail "no 'digit model loaded on $expected' line within 20 s from worker pid(s)$missing; model_log.log had:"
+  fail "no 'digit model loaded on $expected... (preprocessing on $expected' line within 20 s from worker pid(s)$missing; model_log.log had:"
   grep "digit model loaded" "$model_log" >&2 2>/dev/null || echo "  (no 'digit model loaded' line at all)" >&2
 fi
 

@@ -29,6 +29,7 @@ def test_gpu_check_proves_the_workers_run_on_cuda(artifacts):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "every check passed" in result.stdout and "workers on gpu" in result.stdout
     assert "digit model loaded on cuda:" in result.stdout and "nvidia-smi CUDA processes:" in result.stdout
+    assert "workers loaded the model and preprocess on cuda:" in result.stdout and "(preprocessing on cuda:" in result.stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present: the no-GPU message cannot be seen")
@@ -43,7 +44,8 @@ def test_gpu_check_says_so_where_there_is_no_gpu(artifacts):
 def test_gpu_check_dry_run_on_cpu_goes_through_every_step(artifacts):
     result = gpu_check(artifacts, "--cpu")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "handler log: 2 of 2 workers loaded the model on cpu" in result.stdout
+    assert "handler log: 2 of 2 workers loaded the model and preprocess on cpu" in result.stdout
+    assert result.stdout.count("(preprocessing on cpu") == 2
     assert " of 20 sample digits right" in result.stdout  # the script itself requires 90%
     assert "gpu_check: OK: 2 workers on cpu, every check passed." in result.stdout
 
