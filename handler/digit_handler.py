@@ -20,6 +20,7 @@ its gRPC path and could only fail the whole batch. Clients recognise an error by
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from collections import Counter
 import numpy as np
 import psutil
 import torch
+from PIL import Image
 from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
@@ -365,11 +367,16 @@ class DigitHandler(BaseHandler):
         )
 
     def preprocessing_device(self) -> torch.device:
-        """Where preprocessing puts a batch: one synthetic stroke through `preprocess`, the device of its output
-        (scripts/gpu_check.sh checks it is the GPU on a GPU worker). Also warms the geometry up."""
-        stroke = np.zeros((28, 28), dtype=np.float32)
-        stroke[6:22, 12:16] = 1.0
-        inputs, _ = preprocess([DecodedRequest([stroke], 1)], self.resolution, self.device)
+        """Where preprocessing puts a batch: one synthetic stroke, as a PNG, through decode and `preprocess`, the
+        device of its output (scripts/gpu_check.sh checks it is the GPU on a GPU worker). Also warms both up: the
+        fast PNG decoder loads torchvision's image operators on first use (seconds on a busy machine), which the
+        first request would otherwise wait for."""
+        stroke = np.zeros((28, 28), dtype=np.uint8)
+        stroke[6:22, 12:16] = 255
+        png = io.BytesIO()
+        Image.fromarray(stroke).save(png, format="PNG")
+        grey = preprocessing.decode_grey(png.getvalue())
+        inputs, _ = preprocess([DecodedRequest([grey], 1)], self.resolution, self.device)
         return inputs.device
 
     def resource_metrics(self) -> list[tuple]:

@@ -103,8 +103,8 @@ def traffic(bundle, prometheus, test_split) -> dict[str, float]:
     images, _ = test_split
     posted = []
 
-    def post(body, headers=None, credential=True):
-        response = requests.post(f"{bundle.rest}/predictions/digits", data=body, timeout=30,
+    def post(body, headers=None, credential=True, endpoint="predictions"):
+        response = requests.post(f"{bundle.rest}/{endpoint}/digits", data=body, timeout=30,
                                  headers={**(bundle.auth() if credential else {}),
                                           "Content-Type": "application/octet-stream", **(headers or {})})
         posted.append(response.status_code)
@@ -121,6 +121,8 @@ def traffic(bundle, prometheus, test_split) -> dict[str, float]:
     assert len(post(npy_bytes(images[14:19])).json()["predictions"]) == 5
     listed = {"images": [base64.b64encode(png_bytes(image)).decode() for image in images[19:22]]}
     assert len(post(json.dumps(listed).encode(), {"Content-Type": "application/json"}).json()["predictions"]) == 3
+    for image in images[22:24]:
+        assert "attributions" in post(png_bytes(image), endpoint="explanations").json()
     for _ in range(5):
         assert post(b"this is not an image").status_code == 400
     for _ in range(2):
@@ -129,16 +131,17 @@ def traffic(bundle, prometheus, test_split) -> dict[str, float]:
     for _ in range(6):
         assert post(png_bytes(images[0]), credential=False).status_code == 401
     return {
-        'sum(digits_requests_total{InputKind="image"})': 10,
+        'sum(digits_requests_total{InputKind="image"})': 10 + 2,
         'sum(digits_requests_total{InputKind="pixels"})': 4,
         'sum(digits_requests_total{InputKind="multi_image"})': 2,
         'sum(digits_refusals_total{ErrorType="InputError",Reason="not_an_image"})': 5,
         'sum(digits_refusals_total{ErrorType="InputError",Reason="empty_body"})': 2,
         'sum(digits_refusals_total{ErrorType="InputTooLarge",Reason="too_many_images"})': 1,
-        "sum(digits_images_total)": 10 + 4 + 8,
-        "sum(digits_predictions_total)": 10 + 4 + 8,
-        "sum(ts_inference_requests_total)": 16 + 8,
-        'sum(digits_gateway_requests_total{protocol="rest",code="200"})': 16,
+        "sum(digits_images_total)": 10 + 4 + 8 + 2,
+        "sum(digits_predictions_total)": 10 + 4 + 8 + 2,
+        "sum(digits_explained_images_total)": 2,
+        "sum(ts_inference_requests_total)": 16 + 2 + 8,
+        'sum(digits_gateway_requests_total{protocol="rest",code="200"})': 16 + 2,
         'sum(digits_gateway_requests_total{protocol="rest",code="400"})': 7,
         'sum(digits_gateway_requests_total{protocol="rest",code="413"})': 1,
         'sum(digits_gateway_requests_total{protocol="rest",code="401"})': 6,
