@@ -254,8 +254,8 @@ HANDLER_TIME = "HandlerTime"  # TorchServe's standard gauge: ms the handler spen
 RESOURCE_METRICS_SECONDS = 10.0  # how often a worker reports its memory and CPU time
 
 
-def refusal_answer(error: Exception) -> tuple[int, str, str, tuple[str, str]]:
-    """A refused request's HTTP status, reason phrase, JSON body, and (error type, reason) for the metrics:
+def refusal_answer(error: Exception) -> tuple[int, str, dict, tuple[str, str]]:
+    """A refused request's HTTP status, reason phrase, error body, and (error type, reason) for the metrics:
     413 for a limit, 400 for bad input, 500 for anything else (a bug; the message gives nothing away)."""
     if isinstance(error, InputTooLarge):
         status, phrase, body = 413, "Payload Too Large", format_error(413, str(error), "InputTooLarge")
@@ -264,7 +264,7 @@ def refusal_answer(error: Exception) -> tuple[int, str, str, tuple[str, str]]:
     else:
         status, phrase = 500, "Internal Server Error"
         body = format_error(500, "internal error while reading the input", "InternalError")
-    return status, phrase, json.dumps(body), (body["type"], refusal_reason(error))
+    return status, phrase, body, (body["type"], refusal_reason(error))
 
 
 def refusal_reason(error: Exception) -> str:
@@ -406,10 +406,9 @@ class DigitHandler(BaseHandler):
         def refuse(idx: int, error: Exception) -> None:
             status, phrase, body, counted = refusal_answer(error)
             if open_inference.is_infer_request(bodies.get(idx)):  # a v2 request: the protocol's error shape
-                body = json.dumps(self.infer_refusal(bodies[idx], idx in grpc_requests, status,
-                                                     json.loads(body)["message"]))
+                body = self.infer_refusal(bodies[idx], idx in grpc_requests, status, body["message"])
             context.set_response_status(status, phrase, idx)
-            results[idx] = body
+            results[idx] = json.dumps(body)
             refusals.append(counted)
 
         for idx, row in enumerate(data):

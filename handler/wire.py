@@ -73,10 +73,15 @@ def decode_images_list(images: object, max_images: int) -> list[np.ndarray]:
     if not isinstance(images, list):
         raise InputError(f'"images" must be a list of base64 images, got {type(images).__name__}')
     preprocessing.check_image_count(len(images), max_images)
+    return decode_each(images, lambda text: preprocessing.decode_grey(decode_base64(text)))
+
+
+def decode_each(items: list, decode) -> list[np.ndarray]:
+    """decode(item) for each item of a multi-image request; an error names the image's index."""
     greys = []
-    for index, text in enumerate(images):
+    for index, item in enumerate(items):
         try:
-            greys.append(preprocessing.decode_grey(decode_base64(text)))
+            greys.append(decode(item))
         except InputError as error:
             raise InputError(f"image {index}: {error}") from None
     return greys
@@ -145,13 +150,7 @@ def decode_infer_request(request: open_inference.InferRequest) -> DecodedRequest
     """An Open Inference Protocol request (handler/open_inference.py reads its JSON) -> its decoded images."""
     if request.frames is not None:
         return DecodedRequest(list(request.frames), 1, many=True, kind="oip")
-    greys = []
-    for index, data in enumerate(request.encoded):
-        try:
-            greys.append(preprocessing.decode_grey(data))
-        except InputError as error:
-            raise InputError(f"image {index}: {error}") from None
-    return DecodedRequest(greys, 1, many=True, kind="oip")
+    return DecodedRequest(decode_each(request.encoded, preprocessing.decode_grey), 1, many=True, kind="oip")
 
 
 def parse_request(row: dict, default_topk: int, num_classes: int,
