@@ -7,7 +7,10 @@ key_file.json live in a directory of its own (keep it short: a Unix socket path 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,17 +27,90 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from scripts.serving import ROOT, Endpoints, read_token, wait_until_ready  # noqa: E402
 
 BIN = Path(sys.executable).parent
+log = logging.getLogger(__name__)
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
+# Listeners get ports below the kernel's ephemeral range: an outgoing connection (thousands of them in a load test)
+# takes its local port from that range, and could take a port between our check and the server's bind.
+PORT_FLOOR = 10000
+
+
+class PortClash(RuntimeError):
+    """A server could not bind a port that was free when it was picked (another process took it in between)."""
+
+
+def port_taken(log_text: str) -> bool:
+    """Whether a log says a port was taken: Java, nginx and Python write "Address already in use", Go (Prometheus)
+    "address already in use"."""
+    return "address already in use" in log_text.lower()
+
+
+def ephemeral_range() -> tuple[int, int]:
     try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def free_ports(count: int, consecutive: bool = False) -> list[int]:
+    """`count` TCP ports free on 127.0.0.1 now, picked at random below the ephemeral range and checked by binding
+    each; `consecutive`: a block port..port+count-1 (the gateway's TorchServe listens on base..base+4).
+
+    A picked port can still be taken before the server binds it: starters retry on PortClash (`retry_port_clash`).
+    """
+    ceiling = ephemeral_range()[0]
+    if ceiling - PORT_FLOOR < 10 * count:  # an odd kernel setting: let the kernel choose (ephemeral) ports
+        sockets = [socket.socket() for _ in range(count)]
+        try:
+            for sock in sockets:
+                sock.bind(("127.0.0.1", 0))
+            return [sock.getsockname()[1] for sock in sockets]
+        finally:
+            for sock in sockets:
+                sock.close()
+    chosen: list[int] = []
+    for _ in range(1000):
+        if consecutive:
+            base = random.randrange(PORT_FLOOR, ceiling - count)
+            block = list(range(base, base + count))
+            if all(port_is_free(port) for port in block):
+                return block
+        else:
+            port = random.randrange(PORT_FLOOR, ceiling)
+            if port not in chosen and port_is_free(port):
+                chosen.append(port)
+                if len(chosen) == count:
+                    return chosen
+    raise RuntimeError(f"no {count} free ports between {PORT_FLOOR} and {ceiling} on 127.0.0.1")
+
+
+def retry_port_clash(start, attempts: int = 3):
+    """start() (which picks its own free ports), again with new ports when a port was taken under it."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return start()
+        except PortClash as clash:
+            if attempt == attempts:
+                raise
+            log.warning("a port was taken before the server bound it (%s): trying other ports", str(clash)[:200])
+
+
+def pid_alive(pid: int) -> bool:
+    """Running and not a zombie (a process can exit between two questions: that is an answer, not an error)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def package(artifacts: Path, store: Path, name: str, model_config: Path | None = None, version: str = "1.0",
@@ -60,6 +136,8 @@ class Server:
     env: dict
     endpoints: Endpoints
     process: subprocess.Popen
+    store: Path | None = None
+    models: str = ""  # the archives it loads at start, comma-separated
     killed: list = field(default_factory=list)  # pids stop() had to SIGKILL: not a clean stop
 
     @property
@@ -117,6 +195,51 @@ class Server:
                 last, stable_since = now, time.monotonic()
         return {path.name: path.read_text(errors="replace") for path in last}
 
+    def wait_until_ready(self, timeout: float = 180) -> None:
+        """Until every worker of every model it loads is READY. Stops the server when it does not get there and
+        raises RuntimeError with the logs' tails."""
+        try:
+            for model in dict.fromkeys(model_name_of(self.store / archive) for archive in self.models.split(",")):
+                wait_until_ready(self.endpoints, model, timeout, lambda: self.process.poll() is None)
+        except (TimeoutError, RuntimeError) as error:
+            tail = self.log_tail()
+            self.stop()
+            raise RuntimeError(f"TorchServe did not become ready: {error}\n{tail}") from None
+        except BaseException:  # anything else (a bug, Ctrl-C): never leave the server behind
+            self.stop()
+            raise
+
+    def ports(self) -> list[int]:
+        endpoints = self.endpoints
+        return [int(address.rsplit(":", 1)[1]) for address in (endpoints.inference, endpoints.management,
+                                                               endpoints.metrics, endpoints.grpc_inference,
+                                                               endpoints.grpc_management)]
+
+    def listening(self) -> bool:
+        """Whether the frontend listens on all five ports (it opens them before its workers are up). Asked of the
+        frontend process itself: a port another process took would accept a connection too."""
+        try:
+            frontend = psutil.Process(self.frontend_pid())
+            bound = {connection.laddr.port for connection in frontend.net_connections(kind="inet")
+                     if connection.status == psutil.CONN_LISTEN}
+        except (OSError, ValueError, psutil.Error):
+            return False
+        return set(self.ports()) <= bound
+
+    def log_texts(self) -> dict[str, str]:
+        paths = [self.workdir / "console.log", *sorted((self.workdir / "logs").glob("*.log"))]
+        return {path.name: path.read_text(errors="replace") for path in paths if path.exists()}
+
+    def wait_for_log(self, texts: list[str], timeout: float) -> list[str]:
+        """Until every one of `texts` is in the logs (or `timeout` seconds pass): the texts still missing."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = "\n".join(self.log_texts().values())
+            missing = [text for text in texts if text not in found]
+            if not missing or time.monotonic() > deadline:
+                return missing
+            time.sleep(0.2)
+
     def log_tail(self, lines: int = 40) -> str:
         text = []
         for name in ("console.log", "logs/ts_log.log", "logs/model_log.log"):
@@ -138,11 +261,11 @@ class Server:
             pass
         subprocess.run([str(BIN / "torchserve"), "--stop"], env=self.env, cwd=self.workdir, capture_output=True, timeout=60)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids):
+        while time.monotonic() < deadline and any(pid_alive(pid) for pid in pids):
             time.sleep(0.2)
         self.killed = []
         for pid in pids:  # only processes this fixture started
-            if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            if pid_alive(pid):
                 try:
                     os.kill(pid, signal.SIGKILL)
                     self.killed.append(pid)
@@ -156,12 +279,33 @@ class Server:
         return pids
 
 
-def start_server(store: Path, workdir: Path, models: str, timeout: float = 180, extra_env: dict | None = None,
-                 config: Path = ROOT / "config.properties") -> Server:
-    """TorchServe with `config` (the shipped config.properties by default), its listeners moved to free ports."""
+def launch_server(store: Path, workdir: Path, models: str, extra_env: dict | None = None,
+                  config: Path = ROOT / "config.properties", timeout: float = 120) -> Server:
+    """TorchServe with `config` (the shipped config.properties by default), its listeners moved to free ports;
+    returns once they are open, its workers possibly still starting (see Server.wait_until_ready). Started again on
+    other ports if one was taken before TorchServe bound it."""
+    def attempt() -> Server:
+        server = spawn_server(store, workdir, models, extra_env, config)
+        deadline = time.monotonic() + timeout
+        while not server.listening():
+            if server.process.poll() is not None or time.monotonic() > deadline:
+                tail, clash = server.log_tail(), port_taken("\n".join(server.log_texts().values()))
+                server.stop()
+                raise (PortClash if clash else RuntimeError)(f"TorchServe did not open its ports:\n{tail}")
+            time.sleep(0.1)
+        return server
+
+    return retry_port_clash(attempt)
+
+
+def spawn_server(store: Path, workdir: Path, models: str, extra_env: dict | None, config: Path) -> Server:
+    """The TorchServe process on free ports, just started. Whatever an earlier attempt left in `workdir` is cleared."""
     ports = free_ports(5)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "tmp").mkdir(exist_ok=True)
+    for leftover in (workdir / "tmp" / ".model_server.pid", workdir / "key_file.json", workdir / "console.log"):
+        leftover.unlink(missing_ok=True)
+    shutil.rmtree(workdir / "logs", ignore_errors=True)
     # A stray TS_* variable from the user's shell must not change the server under test.
     env = {name: value for name, value in os.environ.items() if not name.startswith("TS_")}
     env.update({
@@ -175,7 +319,7 @@ def start_server(store: Path, workdir: Path, models: str, timeout: float = 180, 
         "TS_METRICS_ADDRESS": f"http://127.0.0.1:{ports[2]}",
         "TS_GRPC_INFERENCE_PORT": str(ports[3]),
         "TS_GRPC_MANAGEMENT_PORT": str(ports[4]),
-        "TS_INITIAL_WORKER_PORT": str(20000 + ports[0] % 20000),
+        "TS_INITIAL_WORKER_PORT": str(20000 + ports[0] % 20000),  # names the workers' Unix sockets in TMPDIR
         "TS_LOAD_MODELS": models,
         "TS_METRICS_CONFIG": str(ROOT / "metrics.yaml"),
         **(extra_env or {}),
@@ -188,15 +332,12 @@ def start_server(store: Path, workdir: Path, models: str, timeout: float = 180, 
         cwd=workdir, env=env, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     console.close()
-    server = Server(workdir, env, endpoints, process)
-    try:
-        for model in dict.fromkeys(model_name_of(store / archive) for archive in models.split(",")):
-            wait_until_ready(endpoints, model, timeout, lambda: process.poll() is None)
-    except (TimeoutError, RuntimeError) as error:
-        tail = server.log_tail()
-        server.stop()
-        raise RuntimeError(f"TorchServe did not become ready: {error}\n{tail}") from None
-    except BaseException:  # anything else (a bug, Ctrl-C): never leave the server behind
-        server.stop()
-        raise
+    return Server(workdir, env, endpoints, process, store=store, models=models)
+
+
+def start_server(store: Path, workdir: Path, models: str, timeout: float = 180, extra_env: dict | None = None,
+                 config: Path = ROOT / "config.properties") -> Server:
+    """launch_server, then wait until every worker of every model is READY."""
+    server = launch_server(store, workdir, models, extra_env, config)
+    server.wait_until_ready(timeout)
     return server

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import psutil
 import requests
+import requests.adapters
 
-from scripts.local_server import free_ports
+from scripts.local_server import PortClash, free_ports, pid_alive, port_taken, retry_port_clash
 from tests.conftest import ROOT
 
 
@@ -45,11 +46,31 @@ def new_credential() -> str:
     return secrets.token_hex(24)
 
 
+class SourceAddressAdapter(requests.adapters.HTTPAdapter):
+    """Connections from a given local address: 127.0.0.2, 127.0.0.3, ... are other clients to the gateway's
+    per-address rate limit (all of 127.0.0.0/8 is this machine's loopback)."""
+
+    def __init__(self, source: str, **kwargs):
+        self.source = source
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["source_address"] = (self.source, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def client_session(source: str) -> requests.Session:
+    session = requests.Session()
+    session.mount("http://", SourceAddressAdapter(source))
+    return session
+
+
 def gateway_ports() -> dict:
-    rest, grpc_port, metrics, internal = free_ports(4)
-    # TorchServe's five internal ports sit at internal..internal+4 (and workers at +1000, as Unix sockets): pick a
-    # base far from other servers' and check the five are free now.
-    base = 30000 + internal % 20000
+    rest, grpc_port, metrics = free_ports(3)
+    # TorchServe's five internal ports sit at internal..internal+4 (its workers' Unix sockets are named by +1000).
+    base = free_ports(5, consecutive=True)[0]
+    while {rest, grpc_port, metrics} & set(range(base, base + 5)):
+        base = free_ports(5, consecutive=True)[0]
     return {"rest": rest, "grpc": grpc_port, "metrics": metrics, "internal": base}
 
 
@@ -79,8 +100,13 @@ class HostGateway(Gateway):
     @classmethod
     def start(cls, store: Path, workdir: Path, *extra_args: str, credential: str | None = None,
               timeout: float = 180) -> "HostGateway":
-        ports = gateway_ports()
+        """gateway/run.py on free ports, ready; started again on other ports if one was taken under it."""
         credential = credential or new_credential()
+        return retry_port_clash(lambda: cls._start(store, workdir, extra_args, credential, timeout))
+
+    @classmethod
+    def _start(cls, store: Path, workdir: Path, extra_args, credential: str, timeout: float) -> "HostGateway":
+        ports = gateway_ports()
         gateway = cls(rest=f"http://127.0.0.1:{ports['rest']}", grpc=f"127.0.0.1:{ports['grpc']}",
                       metrics=f"http://127.0.0.1:{ports['metrics']}/metrics", credential=credential, kind="host",
                       ports=ports)
@@ -97,6 +123,11 @@ class HostGateway(Gateway):
                                                stdin=subprocess.DEVNULL, env=environ, cwd=workdir)
         try:
             wait_until_ready(gateway, lambda: gateway.process.poll() is None, timeout, gateway.log_tail)
+        except (RuntimeError, TimeoutError) as error:
+            gateway.kill()
+            if port_taken(gateway.log()):
+                raise PortClash(str(error)) from None
+            raise
         except BaseException:
             gateway.kill()
             raise
@@ -136,10 +167,3 @@ class HostGateway(Gateway):
             except OSError:
                 pass
         self.process.wait()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False

@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from scripts import benchmark
+from scripts.local_server import pid_alive
 from tests.conftest import npy_bytes, png_bytes
 from tests.integration import bad_inputs
 
@@ -25,7 +26,7 @@ def peer(model_store, tmp_path_factory):
         yield base, {"Authorization": "Bearer peer-token-0123456789"}
     finally:
         benchmark.stop_process_tree(process)
-    assert not [pid for pid in tree if psutil.pid_exists(pid)], "the peer left processes behind"
+    assert not [pid for pid in tree if pid_alive(pid)], "the peer left processes behind"
 
 
 def test_the_peer_answers_exactly_as_torchserve(peer, server, test_split):

@@ -16,10 +16,10 @@ import pytest
 import requests
 import yaml
 
-from scripts.local_server import free_ports
+from scripts.local_server import PortClash, free_ports, port_taken, retry_port_clash
 from tests.conftest import ROOT, npy_bytes, png_bytes
 from tests.integration.gateways import HostGateway
-from tests.system import NGINX, ensure_packages
+from tests.system import NGINX, PROMETHEUS, ensure_packages
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,9 @@ class Prometheus:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"Prometheus did not start:\n{self.log_path.read_text()[-3000:]}")
+                log_text = self.log_path.read_text(errors="replace")
+                error = PortClash if port_taken(log_text) else RuntimeError
+                raise error(f"Prometheus did not start:\n{log_text[-3000:]}")
             time.sleep(0.3)
 
     def query(self, expression: str) -> list[dict]:
@@ -90,8 +92,10 @@ def bundle(model_store, workdir_factory):
 
 @pytest.fixture(scope="module")
 def prometheus(bundle, workdir_factory):
-    ensure_packages({"prometheus": "prometheus"})
-    server = Prometheus(workdir_factory(), bundle.metrics.removeprefix("http://").removesuffix("/metrics"))
+    ensure_packages(PROMETHEUS)
+    workdir = workdir_factory()
+    target = bundle.metrics.removeprefix("http://").removesuffix("/metrics")
+    server = retry_port_clash(lambda: Prometheus(workdir, target))
     yield server
     server.stop()
     assert server.process.returncode is not None
@@ -178,12 +182,17 @@ def grafana_to_promql(expression: str) -> str:
 
 
 def test_every_dashboard_query_runs_and_returns_series(prometheus, traffic):
-    time.sleep(5 * SCRAPE_SECONDS)  # rates need a few scrapes
-    empty = []
-    for title, expression in panel_queries():
-        result = prometheus.query(grafana_to_promql(expression))
-        if not result and not NEVER_INCREMENTED & set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expression)):
-            empty.append((title, expression))
+    def empty_panels() -> list[tuple[str, str]]:
+        empty = []
+        for title, expression in panel_queries():
+            result = prometheus.query(grafana_to_promql(expression))
+            if not result and not NEVER_INCREMENTED & set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expression)):
+                empty.append((title, expression))
+        return empty
+
+    deadline = time.monotonic() + 60  # a rate needs two scrapes of a counter: a second or two here
+    while (empty := empty_panels()) and time.monotonic() < deadline:
+        time.sleep(SCRAPE_SECONDS)
     assert not empty, empty
 
 
@@ -193,7 +202,9 @@ def test_alert_rules_load_and_evaluate_without_error(prometheus, traffic):
     defined = [rule["alert"] for group in yaml.safe_load((MONITORING / "alerts.yaml").read_text())["groups"]
                for rule in group["rules"] if "alert" in rule]
     assert sorted(rule["name"] for rule in rules if rule["type"] == "alerting") == sorted(defined)
-    time.sleep(3 * SCRAPE_SECONDS)
-    rules = [rule for group in requests.get(f"{prometheus.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
-             for rule in group["rules"]]
+    deadline = time.monotonic() + 60  # every rule evaluated at least once ("unknown" until then)
+    while [rule for rule in rules if rule["health"] == "unknown"] and time.monotonic() < deadline:
+        time.sleep(SCRAPE_SECONDS)
+        rules = [rule for group in requests.get(f"{prometheus.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
+                 for rule in group["rules"]]
     assert all(rule["health"] == "ok" for rule in rules), [(rule["name"], rule.get("lastError")) for rule in rules]

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from tests.system import ensure_packages, unavailable
+from scripts.local_server import pid_alive
+from tests.system import CHROMIUM as CHROMIUM_PACKAGES, ensure_packages, unavailable
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-CHROMIUM_PACKAGES = {CHROMIUM: "chromium", CHROMEDRIVER: "chromium-driver"}
 PAD_MODEL_SCALE = 10  # the page's 280-pixel pad holds the 28x28 frame at 10 pad pixels per MNIST pixel
 INK_THRESHOLD = 100   # an MNIST pixel at or above this (of 255) is ink
 
@@ -105,6 +105,7 @@ class Browser:
 
     def __init__(self, width: int = 1000, height: int = 1000):
         from selenium import webdriver
+        from selenium.common.exceptions import SessionNotCreatedException
         from selenium.webdriver.chrome.service import Service
 
         ensure_packages(CHROMIUM_PACKAGES)
@@ -119,9 +120,12 @@ class Browser:
         self.service = Service(executable_path=CHROMEDRIVER, log_output=str(self.profile / "chromedriver.log"))
         try:
             self.driver = webdriver.Chrome(service=self.service, options=options)
-        except Exception as error:  # a browser that cannot start here: say why (and fail under CI=true)
+        except SessionNotCreatedException as error:  # Chromium itself cannot run here: say why (fails under CI)
             self.kill()
             unavailable(f"headless Chromium did not start: {error}")
+        except BaseException:  # anything else is a bug (ours or Selenium's): a failure, never a skip
+            self.kill()
+            raise
         self.pids = [self.service.process.pid, *[child.pid for child in
                                                   psutil.Process(self.service.process.pid).children(recursive=True)]]
 
@@ -134,9 +138,9 @@ class Browser:
         except Exception:
             pass
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(alive(pid) for pid in pids):
+        while time.monotonic() < deadline and any(pid_alive(pid) for pid in pids):
             time.sleep(0.1)
-        killed = [pid for pid in pids if alive(pid)]
+        killed = [pid for pid in pids if pid_alive(pid)]
         self.kill(killed)
         shutil.rmtree(self.profile, ignore_errors=True)
         return killed
@@ -254,13 +258,6 @@ class Browser:
     def screenshot(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.driver.save_screenshot(str(path))
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def browser_session():
