@@ -17,7 +17,10 @@ import torch
 from model import preprocessing
 
 METHOD = "integrated_gradients"
-DEFAULT_STEPS = 32  # midpoint Riemann sum; completeness error under 1% of the probability on the test digits
+# Midpoint Riemann sum. Completeness error (summed attributions vs p(x) - p(baseline)) at 32 steps, on 64 test digits
+# and nine trained models: median 0.5-0.8% of probability, at most 6.3% (a sharp rise along the path); 8 steps: 4x
+# cheaper, up to 95% off on some digits.
+DEFAULT_STEPS = 32
 MAX_EXPLAINED_IMAGES = 16  # an explanation costs ~steps forward+backward passes per image; more are refused (413)
 
 
