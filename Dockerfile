@@ -10,6 +10,8 @@
 
 # ---- build: a virtual environment with requirements.txt (pip and its caches stay in this stage)
 FROM debian:bookworm-slim AS build
+# Every layer of this project's builds carries the label (its build cache too): `make docker-clean` finds them by it.
+LABEL io.digits-serve.project="digits-serve"
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3.11 python3.11-venv ca-certificates \
     && rm -rf /var/lib/apt/lists/*
@@ -23,8 +25,10 @@ COPY requirements.txt /tmp/requirements.txt
 RUN python3.11 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements.txt
 
-# ---- runtime: Python, Java 17 for TorchServe's frontend, nginx with its Lua module, tini; no compilers, no pip
-FROM debian:bookworm-slim
+# ---- runtime: Python, Java 17 for TorchServe's frontend, nginx with its Lua module, tini; no compilers, no pip.
+# Everything slow to build is here, nothing of the bundle's own: `build.sh --target runtime` prepares it early.
+FROM debian:bookworm-slim AS runtime
+LABEL io.digits-serve.project="digits-serve"
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         python3.11 openjdk-17-jre-headless nginx libnginx-mod-http-lua tini ca-certificates \
@@ -32,6 +36,9 @@ RUN apt-get update \
     && groupadd --gid 10001 digits \
     && useradd --uid 10001 --gid digits --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin digits
 COPY --from=build /opt/venv /opt/venv
+
+# ---- the bundle: its code and the archive the tests passed, on top of the runtime
+FROM runtime
 WORKDIR /opt/digits
 COPY config.properties metrics.yaml log4j2.xml train.py ./
 COPY model/ model/

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3.11
 
-.PHONY: help venv kserve-client train package package-v2 serve stop status predict demo web nginx wrk bench gpu-check docker image test clean
+.PHONY: help venv kserve-client train package package-v2 serve stop status predict demo web nginx wrk bench gpu-check docker image docker-clean check test clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -23,7 +23,7 @@ artifacts/digit_cnn.pt: $(VENV)/.installed
 train: $(VENV)/.installed  ## train on 5,000 real MNIST digits (bundled, offline) -> artifacts/
 	$(PY) train.py
 
-model_store/digits.mar: artifacts/digit_cnn.pt scripts/package.sh handler/digit_handler.py handler/model-config.yaml model/*.py
+model_store/digits.mar: artifacts/digit_cnn.pt scripts/package.sh handler/*.py handler/model-config.yaml model/*.py
 	PATH=$(VENV)/bin:$$PATH scripts/package.sh
 
 package: model_store/digits.mar  ## package artifacts/ -> model_store/digits.mar
@@ -31,7 +31,7 @@ package: model_store/digits.mar  ## package artifacts/ -> model_store/digits.mar
 artifacts/v2/digit_cnn.pt: $(VENV)/.installed
 	$(PY) train.py --seed 2 --output-dir artifacts/v2
 
-model_store/digits_v2.mar: artifacts/v2/digit_cnn.pt scripts/package.sh handler/digit_handler.py handler/model-config.yaml model/*.py
+model_store/digits_v2.mar: artifacts/v2/digit_cnn.pt scripts/package.sh handler/*.py handler/model-config.yaml model/*.py
 	PATH=$(VENV)/bin:$$PATH scripts/package.sh --version 2.0 --artifacts artifacts/v2 --archive-name digits_v2
 
 package-v2: model_store/digits_v2.mar  ## train with seed 2 -> model_store/digits_v2.mar (model digits, version 2.0)
@@ -103,6 +103,15 @@ docker:  ## make sure Docker answers: install docker.io and start a daemon (no b
 image: package docker  ## build the image digits-serve:1.0.0 (and :latest) around model_store/digits.mar
 	deploy/docker/build.sh --archive model_store/digits.mar --tag $(IMAGE):$(IMAGE_VERSION) --tag $(IMAGE):latest
 
+# Every layer the Dockerfile builds carries this label, and so does the base image build.sh makes offline: the
+# tests keep them as the build cache for the next run (each is gigabytes).
+IMAGE_LABEL := io.digits-serve.project=digits-serve
+docker-clean:  ## remove this project's images and build cache from Docker (make test keeps the cache)
+	@for pass in 1 2 3 4 5 6; do ids="$$(docker image ls -a -q --filter label=$(IMAGE_LABEL) | sort -u)"; \
+	  [ -n "$$ids" ] || break; docker rmi -f $$ids >/dev/null 2>&1 || true; done; \
+	  left="$$(docker image ls -a -q --filter label=$(IMAGE_LABEL))"; \
+	  [ -z "$$left" ] || { echo "docker-clean: still there (in use by a container?): $$left" >&2; exit 1; }
+
 # KServe's Python SDK, the third-party client of the Open Inference Protocol tests: its own venv (it pins protobuf
 # and grpcio below the bundle's).
 KSERVE_VENV := .venv-kserve
@@ -113,7 +122,16 @@ $(KSERVE_VENV)/.installed: tests/integration/kserve-requirements.txt
 
 kserve-client: $(KSERVE_VENV)/.installed  ## KServe's Python SDK in .venv-kserve (for the Open Inference Protocol tests)
 
-test: $(VENV)/.installed $(KSERVE_VENV)/.installed wrk  ## unit tests, then integration tests against a real TorchServe
+# Two tiers. `make check`, the inner loop (about 3 minutes once .venv exists): the unit tests and one real
+# TorchServe (REST, gRPC, every bad input). `make test`, what CI runs: everything (Docker, nginx, Chromium,
+# Prometheus, the benchmark's smoke run; about 10 minutes with Docker's cache warm).
+CHECK_TESTS := tests/model tests/handler tests/test_train.py tests/scripts tests/gateway tests/deploy \
+	tests/web/test_files.py tests/integration/test_server.py tests/integration/test_grpc.py
+check: $(VENV)/.installed  ## the inner loop: unit tests and one real TorchServe (REST, gRPC, bad input)
+	$(PY) -m pytest $(CHECK_TESTS)
+
+test:  ## everything (what CI runs): unit tests, then integration tests against real servers
+	@$(MAKE) --no-print-directory -j3 $(VENV)/.installed $(KSERVE_VENV)/.installed wrk  # the venvs side by side
 	$(PY) -m pytest
 
 clean:  ## remove trained artifacts, archives and logs (keeps .venv)

@@ -3,6 +3,8 @@
 #
 #   deploy/docker/build.sh                                   # model_store/digits.mar -> digits-serve:latest
 #   deploy/docker/build.sh --archive /tmp/x/digits.mar --tag digits-serve:1.0.0 --tag digits-serve:latest
+#   deploy/docker/build.sh --target runtime                  # only the slow layers (no archive needed): a warm cache
+#   (--iidfile FILE: the built image's id, as docker build writes it)
 #
 # On a machine with a registry and PyPI this is `docker build` with a small context (the files the image needs
 # and the archive). Two things make it work offline too, and neither reaches the Dockerfile:
@@ -16,17 +18,22 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 archive="$root/model_store/digits.mar"
 tags=()
+target=""
+iidfile=""
 base_image="debian:bookworm-slim"
+label="io.digits-serve.project=digits-serve"  # the Dockerfile's label: `make docker-clean` removes what carries it
 while [ $# -gt 0 ]; do
   case "$1" in
     --archive) archive="$2"; shift 2 ;;
     --tag) tags+=("$2"); shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --target) target="$2"; shift 2 ;;
+    --iidfile) iidfile="$2"; shift 2 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "build.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-[ ${#tags[@]} -gt 0 ] || tags=("digits-serve:latest")
-[ -f "$archive" ] || { echo "build.sh: $archive not found: run 'make package' first" >&2; exit 1; }
+[ ${#tags[@]} -gt 0 ] || [ -n "$target" ] || tags=("digits-serve:latest")
+[ -n "$target" ] || [ -f "$archive" ] || { echo "build.sh: $archive not found: run 'make package' first" >&2; exit 1; }
 docker info >/dev/null 2>&1 || { echo "build.sh: no Docker daemon answers ('docker info' fails)" >&2; exit 1; }
 
 work="$(mktemp -d /tmp/digits-image-XXXXXX)"
@@ -57,7 +64,7 @@ if ! docker image inspect "$base_image" >/dev/null 2>&1; then
       /etc/ssl/certs/ca-certificates.crt
     chroot "$rootfs" update-ca-certificates >/dev/null 2>&1
     rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/archives/*.deb
-    tar -C "$rootfs" -c . | docker import - "$base_image" >/dev/null
+    tar -C "$rootfs" -c . | docker import --change "LABEL $label" - "$base_image" >/dev/null
     rm -rf "$rootfs"
   fi
 fi
@@ -66,25 +73,43 @@ fi
 build_args=()
 extra_urls=()
 python="$(command -v python3)"
-for index in $("$python" -m pip config list 2>/dev/null | sed -nE "s/^(global|install)\.extra-index-url='(.*)'$/\2/p" | tr ' ' '\n' \
+# Read once, whole: `pip config list | grep -q` can kill pip with SIGPIPE, which pipefail turns into "no match" now
+# and then, and a build argument that comes and goes invalidates Docker's cache.
+pip_config="$("$python" -m pip config list 2>/dev/null || true)"
+for index in $(sed -nE "s/^(global|install)\.extra-index-url='(.*)'$/\2/p" <<<"$pip_config" | tr ' ' '\n' \
                | sed -n 's|^file://||p'); do
   index="${index%/}"
   [ -d "$index" ] || continue
-  # Serve the index's parent: its pages link to files beside it (../../files/...).
-  port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-  "$python" -m http.server --bind 127.0.0.1 --directory "$(dirname "$index")" "$port" >/dev/null 2>&1 &
-  servers+=("$!")
-  extra_urls+=("http://127.0.0.1:$port/$(basename "$index")/")
+  # Serve the index's parent: its pages link to files beside it (../../files/...). On a port of its own that is the
+  # same on every build (the URL is a build argument: a new one would invalidate Docker's cache of every layer
+  # after it, the pip install among them), or the next one when that is taken.
+  served=""
+  for port in $("$python" -c 'import sys, zlib; base = 20000 + zlib.crc32(sys.argv[1].encode()) % 10000
+print(*range(base, base + 20))' "$index"); do
+    "$python" -m http.server --bind 127.0.0.1 --directory "$(dirname "$index")" "$port" >/dev/null 2>&1 &
+    pid=$!
+    url="http://127.0.0.1:$port/$(basename "$index")/"
+    for _ in $(seq 50); do
+      kill -0 "$pid" 2>/dev/null || break  # it could not bind the port: the next one
+      if "$python" -c "import urllib.request; urllib.request.urlopen('$url', timeout=1)" 2>/dev/null \
+         && kill -0 "$pid" 2>/dev/null; then
+        served="$url"
+        break
+      fi
+      sleep 0.1
+    done
+    if [ -n "$served" ]; then servers+=("$pid"); break; fi
+    kill "$pid" 2>/dev/null || true
+  done
+  [ -n "$served" ] || { echo "build.sh: could not serve $index on 127.0.0.1" >&2; exit 1; }
+  extra_urls+=("$served")
 done
 if [ ${#extra_urls[@]} -gt 0 ]; then
   build_args+=(--build-arg "PIP_EXTRA_INDEX_URL=${extra_urls[*]}" --build-arg "PIP_TRUSTED_HOST=127.0.0.1")
-  for url in "${extra_urls[@]}"; do  # until each server answers
-    for _ in $(seq 50); do "$python" -c "import urllib.request; urllib.request.urlopen('$url', timeout=1)" 2>/dev/null && break; sleep 0.1; done
-  done
 fi
 [ -n "${PIP_INDEX_URL:-}" ] && build_args+=(--build-arg "PIP_INDEX_URL=$PIP_INDEX_URL")
 # pip checks TLS against its own CA bundle unless told otherwise: the system's one carries this machine's CAs.
-if "$python" -m pip config list 2>/dev/null | grep -q "^global.cert="; then
+if grep -q "^global.cert=" <<<"$pip_config"; then
   build_args+=(--build-arg "PIP_CERT=/etc/ssl/certs/ca-certificates.crt")
 fi
 
@@ -97,9 +122,12 @@ for dir in model handler scripts gateway web; do
   cp -r "$root/$dir" "$context/$dir"
 done
 find "$context" -name __pycache__ -prune -exec rm -rf {} +
+[ -z "$target" ] || [ -f "$archive" ] || archive=/dev/null  # a stage before the archive's COPY needs none
 cp "$archive" "$context/model_store/digits.mar"
 
 tag_args=()
 for tag in "${tags[@]}"; do tag_args+=(-t "$tag"); done
-echo "build.sh: docker build ${tags[*]} (the first build installs requirements.txt: several minutes)"
+[ -z "$target" ] || tag_args+=(--target "$target")
+[ -z "$iidfile" ] || tag_args+=(--iidfile "$iidfile")
+echo "build.sh: docker build ${tags[*]:-(stage $target)} (the first build installs requirements.txt: several minutes)"
 docker build --network host "${build_args[@]}" "${tag_args[@]}" "$context"

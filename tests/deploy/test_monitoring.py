@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.system import ensure_packages
+from tests.system import PROMETHEUS, ensure_packages
+
+PACKAGES = PROMETHEUS  # promtool; installed in the background from collection on (tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "deploy" / "monitoring"
@@ -178,7 +180,7 @@ def panel_queries(board: dict | None = None, concrete: bool = False) -> list[tup
 
 @pytest.fixture(scope="session")
 def promtool() -> str:
-    ensure_packages({"promtool": "prometheus"})
+    ensure_packages(PROMETHEUS)
     return "promtool"
 
 

@@ -12,6 +12,8 @@ import pytest
 from tests.conftest import ROOT
 from tests.system import NGINX, ensure_packages
 
+PACKAGES = NGINX  # installed in the background from collection on (tests/conftest.py)
+
 def load_run_module():
     spec = importlib.util.spec_from_file_location("gateway_run", ROOT / "gateway" / "run.py")
     module = importlib.util.module_from_spec(spec)

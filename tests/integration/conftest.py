@@ -10,10 +10,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import psutil
 import pytest
 
-from scripts.local_server import package, start_server
+from scripts.local_server import package, pid_alive, start_server
 from tests.conftest import ROOT, png_bytes
 
 BATCH_MODEL = "digits_batch"
@@ -67,13 +66,14 @@ def workdir_factory():
 
 
 @pytest.fixture(scope="session")
-def docker_session(workdir_factory):
-    """Docker (installed and started when missing); what the session builds and runs in it is removed after."""
-    from tests.integration.containers import DockerSession
+def docker_session():
+    """Docker (installed and started when missing), made ready in the background since collection (the slow image
+    stages included); what the session builds and runs in it is removed after."""
+    from tests.integration import containers
 
-    session = DockerSession(workdir_factory()).start()
+    session = containers.prepare_in_background().result()
     yield session
-    problems = session.stop()
+    problems = containers.finish_preparation()
     assert not problems, f"left behind: {problems}"
 
 
@@ -85,14 +85,13 @@ def image(docker_session, model_store):
 
 @pytest.fixture(scope="session")
 def container_gateway(docker_session, image, workdir_factory, test_split):
-    """The image running: TorchServe's keys last one minute (rotated under way), an access log on stdout (the
-    drain test reads it), a rate limit above what the load tests send from one address, and REST + gRPC traffic
-    from the start on, which the rotation test judges."""
+    """The image running: TorchServe's keys last half a minute (rotated every 15 s), an access log on stdout (the
+    drain test reads it), the gateway's default rate limit, and REST + gRPC traffic from the start on, which the
+    rotation test judges (its clients, and the drain test's, have client addresses of their own)."""
     from tests.integration.containers import ROTATION_MINUTES, ContainerGateway, Traffic
 
     gateway = ContainerGateway.run(docker_session, image, workdir_factory(),
-                                   env={"TOKEN_EXPIRATION_MIN": str(ROTATION_MINUTES), "ACCESS_LOG": "stdout",
-                                        "RATE_LIMIT": "5000"})
+                                   env={"TOKEN_EXPIRATION_MIN": str(ROTATION_MINUTES), "ACCESS_LOG": "stdout"})
     gateway.first_inference_key = json.loads(gateway.exec("cat", "/tmp/digits/key_file.json"))["inference"]["key"]
     gateway.traffic = Traffic(gateway, png_bytes(test_split[0][0]), str(test_split[1][0])).start()
     yield gateway
@@ -122,5 +121,5 @@ def server(model_store, workdir_factory):
     yield server
     pids = server.stop()
     assert not server.killed, f"torchserve --stop left {server.killed} running: they needed SIGKILL"
-    alive = [pid for pid in pids if psutil.pid_exists(pid)]
+    alive = [pid for pid in pids if pid_alive(pid)]
     assert not alive, f"TorchServe processes left behind: {alive}"
