@@ -71,7 +71,8 @@ SOAK_REQUESTS = {"full": 50_000, "quick": 2_000}
 SOAK_CONCURRENCY = 32
 KILLS = {"full": 5, "quick": 1}
 RECOVERY_CONCURRENCY = 8
-RECOVERY_LOAD_SECONDS = 20  # wrk's run around each kill: 2 s before it, the rest while the worker is replaced
+# wrk's run around each kill: 2 s before it, the rest while the worker is replaced (quick: a smoke run of the step)
+RECOVERY_LOAD_SECONDS = {"full": 20, "quick": 8}
 
 
 # ---------------------------------------------------------------- inputs
@@ -230,14 +231,14 @@ def overload(url: str, body: Path, token: str, seconds: float, workers) -> dict:
             "worker_restarts": len(set(before.values()) - set(after.values()))}
 
 
-def recovery(server, model: str, url: str, body: Path, token: str, kills: int) -> dict:
+def recovery(server, model: str, url: str, body: Path, token: str, kills: int, load_seconds: float) -> dict:
     """kill -9 a worker under wrk load, `kills` times: seconds until TorchServe has replaced it, requests lost."""
     from concurrent.futures import ThreadPoolExecutor
 
     seconds, failed, slowest = [], {}, 0
     for kill in range(kills):
         with ThreadPoolExecutor(1) as pool:
-            load = pool.submit(run_wrk, url, body, token, "image/png", RECOVERY_CONCURRENCY, RECOVERY_LOAD_SECONDS)
+            load = pool.submit(run_wrk, url, body, token, "image/png", RECOVERY_CONCURRENCY, load_seconds)
             time.sleep(2)
             _, took = server.kill_a_worker(model, timeout=60)
             print(f"recovery {kill + 1}/{kills}: worker replaced "
@@ -509,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
             if server is None:
                 print("recovery: skipped (it kills workers: only with the benchmark's own server)", flush=True)
             else:
-                recovered = recovery(server, args.model, url, work / "digit.png", token, kills)
+                recovered = recovery(server, args.model, url, work / "digit.png", token, kills,
+                                     RECOVERY_LOAD_SECONDS[mode])
 
         raw = None
         if args.only is None:
@@ -556,7 +558,9 @@ def load_settings(url: str, work: Path, token: str, durations: dict, pids: dict 
     runs, profile = [], []
     for concurrency in CONCURRENCY:
         print(f"{who}PNG, concurrency {concurrency}, {durations['single']} s ...", flush=True)
-        before = scrape_counters(metrics) if metrics and concurrency == 1 else None
+        # Settled first: requests of the run before (up to its concurrency) may still be answered after wrk stopped,
+        # and would count as this run's (once they made the frontend's mean exceed the client's).
+        before = settled_counters(metrics) if metrics and concurrency == 1 else None
         if args.profile and pids and concurrency == 64:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -569,11 +573,16 @@ def load_settings(url: str, work: Path, token: str, durations: dict, pids: dict 
         else:
             run = run_wrk(url, work / "digit.png", token, "image/png", concurrency, durations["single"])
         if before is not None:
-            run["split_ms"] = latency_split(before, scrape_counters(metrics), run)
+            run["split_ms"] = latency_split(before, settled_counters(metrics), run)
         runs.append({"name": f"PNG, 1 image, c={concurrency}", "concurrency": concurrency,
                      "images_per_request": 1, "images_per_s": run["requests_per_s"], **run})
     print(f"{who}.npy of {IMAGES_PER_REQUEST}, concurrency {MULTI_CONCURRENCY}, {durations['multi']} s ...", flush=True)
+    before = settled_counters(metrics) if metrics else None  # the c=64 run's last handler counts included
     run = run_wrk(url, work / "digits.npy", token, "application/octet-stream", MULTI_CONCURRENCY, durations["multi"])
+    if before is not None:  # what the server itself counted: requests (the frontend) and images (the handler)
+        after = settled_counters(metrics)
+        run["counted_by_server"] = {name: after.get(name, 0.0) - before.get(name, 0.0)
+                                    for name in ("ts_inference_requests_total", "digits_images_total")}
     runs.append({"name": f".npy, {IMAGES_PER_REQUEST} images, c={MULTI_CONCURRENCY}",
                  "concurrency": MULTI_CONCURRENCY, "images_per_request": IMAGES_PER_REQUEST,
                  "images_per_s": run["requests_per_s"] * IMAGES_PER_REQUEST, **run})
@@ -595,6 +604,20 @@ def scrape_counters(metrics: str) -> dict[str, float]:
             name, value = line.split("{", 1)[0].split(" ", 1)[0], line.rsplit(" ", 1)[1]
             totals[name] = totals.get(name, 0.0) + float(value)
     return totals
+
+
+def settled_counters(metrics: str, timeout: float = 5.0) -> dict[str, float]:
+    """scrape_counters once two scrapes in a row agree: requests still in flight when wrk stopped are answered
+    after it, and the handler's counters reach the frontend through the worker's log lines, a moment after."""
+    deadline = time.monotonic() + timeout
+    last = scrape_counters(metrics)
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = scrape_counters(metrics)
+        if now == last:
+            break
+        last = now
+    return last
 
 
 def latency_split(before: dict, after: dict, run: dict) -> dict:

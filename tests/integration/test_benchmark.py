@@ -16,6 +16,7 @@ from tests.conftest import ROOT, png_bytes
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timeout(660)  # the script's own limit (600 s) first: its output says where it was
 def test_quick_benchmark_measures_every_setting(model_store, tmp_path):
     before = set(glob.glob("/tmp/ts-bench-*"))
     result = subprocess.run(
@@ -29,12 +30,18 @@ def test_quick_benchmark_measures_every_setting(model_store, tmp_path):
         "PNG, 1 image, c=1", "PNG, 1 image, c=16", "PNG, 1 image, c=64", ".npy, 64 images, c=4",
     ]
     for run in results["runs"]:
-        assert run["requests"] > 0 and run["error_count"] == 0, run
-        assert 0 < run["latency_us"]["p50"] <= run["latency_us"]["p90"] <= run["latency_us"]["p99"]
-    assert results["runs"][3]["images_per_s"] == pytest.approx(results["runs"][3]["requests_per_s"] * 64)
-    split = results["runs"][0]["split_ms"]  # a lone request's time, from TorchServe's counters: parts add up
+        assert run["requests"] > 0 and run["error_count"] == 0 and run["latency_us"]["p50"] > 0, run
+    # The .npy run as the server counted it: every request wrk counted reached the frontend (a few more may have
+    # been in flight when wrk stopped), and the handler answered 64 images for each.
+    npy = results["runs"][3]
+    counted = npy["counted_by_server"]
+    assert npy["requests"] <= counted["ts_inference_requests_total"] <= npy["requests"] + npy["concurrency"], npy
+    assert counted["digits_images_total"] == 64 * counted["ts_inference_requests_total"], npy
+    # A lone request's time from TorchServe's own counters, measured apart from the client's: each part inside the
+    # one that holds it, and TorchServe's own hop (what is left of the frontend's time) positive.
+    split = results["runs"][0]["split_ms"]
     assert 0 < split["queue"] < split["frontend"] < split["client"] and 0 < split["handler"] < split["frontend"], split
-    assert split["queue"] + split["handler"] + split["torchserve_hop"] == pytest.approx(split["frontend"])
+    assert split["queue"] + split["handler"] < split["frontend"], split
     assert "a lone request (concurrency 1)" in result.stdout
     peer = results["peer"]  # the FastAPI peer, measured with the same settings; its table prints the ratios
     assert [run["name"] for run in peer["runs"]] == [run["name"] for run in results["runs"]]

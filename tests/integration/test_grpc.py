@@ -151,7 +151,8 @@ def test_stream_predictions_answers_once_and_keeps_the_worker(server, channel, t
 def test_a_version_is_chosen_by_the_request_field(server, channel, test_split):
     """digits_v2.mar is in the store but this server loads version 1.0 only: 2.0 is refused, 1.0 answers."""
     data = png_bytes(test_split[0][0])
-    assert grpc_client.predict(channel, server.inference_token, "digits", "1.0", data, TIMEOUT)["label"]
+    chosen = grpc_client.predict(channel, server.inference_token, "digits", "1.0", data, TIMEOUT)
+    assert_same_answer(chosen, rest_predict(server, data, "digits/1.0").json())
     with pytest.raises(grpc.RpcError) as missing:
         grpc_client.predict(channel, server.inference_token, "digits", "2.0", data, TIMEOUT)
     assert missing.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INTERNAL)

@@ -2,6 +2,7 @@
 set-default, and registration (refused by default, working once the model API is turned on)."""
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
@@ -12,7 +13,7 @@ import pytest
 import requests
 import yaml
 
-from scripts.local_server import start_server
+from scripts.local_server import pid_alive, start_server
 from tests.conftest import ROOT, png_bytes
 
 pytestmark = pytest.mark.integration
@@ -22,11 +23,13 @@ TIMEOUT = 30
 
 @pytest.fixture(scope="module")
 def versions_server(model_store, workdir_factory):
-    """Versions 1.0 (digits.mar) and 2.0 (digits_v2.mar, another seed) of model digits, loaded at start."""
-    server = start_server(model_store, workdir_factory(), "digits.mar,digits_v2.mar")
+    """Versions 1.0 (digits.mar) and 2.0 (digits_v2.mar, another seed) of model digits, loaded at start, with the
+    model API turned on (the registration tests; the session's server keeps the shipped default, off). The module's
+    last test stops it and checks the stop; stopping it again here is a no-op."""
+    server = start_server(model_store, workdir_factory(), "digits.mar,digits_v2.mar",
+                          extra_env={"TS_ENABLE_MODEL_API": "true"})
     yield server
-    pids = server.stop()
-    assert not [pid for pid in pids if psutil.pid_exists(pid)], "TorchServe processes left behind"
+    server.stop()
 
 
 def manage(server, *args: str) -> subprocess.CompletedProcess:
@@ -91,30 +94,67 @@ def test_set_default_to_a_missing_version_is_refused(versions_server):
     assert result.returncode == 1 and "404" in result.stderr and "9.9" in result.stderr
 
 
+TOLERANCE = 2e-6  # probabilities are rounded to 6 decimals; a batched forward pass may differ in the last digit
+
+
+def same_answer(got: dict, expected: dict) -> bool:
+    """The same label and ranking, and the same probabilities to TOLERANCE: the answer for the same image."""
+    return (got["label"] == expected["label"]
+            and [entry["label"] for entry in got["topk"]] == [entry["label"] for entry in expected["topk"]]
+            and all(abs(a - b) <= TOLERANCE for a, b in zip(probabilities(got), probabilities(expected))))
+
+
+def gone_at(pids: set[int], timeout: float = 60) -> float:
+    """When the last of these processes has exited (a scaled-down worker exits after the scale call returns)."""
+    processes = []
+    for pid in pids:
+        try:
+            processes.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(processes, timeout=timeout)
+    return time.monotonic()
+
+
+def longest_silence(answered: list[float], began: float, ended: float) -> float:
+    """The longest time in [began, ended] in which one client received no answer."""
+    marks = [began, *sorted(t for t in answered if began < t < ended), ended]
+    return max(b - a for a, b in zip(marks, marks[1:]))
+
+
 def test_scale_up_and_down_while_requests_keep_flowing(versions_server, test_split):
     """Scale 2 -> 3 -> 1 -> 2 workers under 4 concurrent clients; describe shows each count.
 
     TorchServe 0.12.0 loses the requests a removed worker holds at the moment it is scaled down
     (pytorch/serve#1101): most hang until the client's timeout, some get 500 "Worker died.". So: no failure
-    at all while scaling up or between scalings, and during a scale-down at most one per concurrent client.
+    at all while scaling up or between scalings, and during a scale-down (from the call until the removed worker
+    has exited) at most one per concurrent client. Every answer is the whole answer that image gets alone (20 digits
+    share 10 labels: a label alone would not see two images swapped).
     Nor a stall: with synchronous=true TorchServe holds the Netty I/O thread of the scale call until the new
-    worker is up, and the inference connection sharing that thread waited as long (6-10 s here, each scale-up);
-    manage.py does not ask it to wait, so outside scale-downs every answer comes in milliseconds.
+    worker is up, and the inference connections sharing that thread waited as long (6-10 s here, each scale-up);
+    manage.py does not ask it to wait, so while a worker starts every client goes on receiving answers.
     """
     server = versions_server
     # Each digit's answer from one request alone: under load and scaling every answer must be exactly that one.
-    scans = [(png_bytes(image), answer(server, png_bytes(image))["label"]) for image in test_split[0][:20]]
+    # Twenty digits whose answers tell them apart (two very sure answers can round to the same six decimals).
+    scans: list[tuple[bytes, dict]] = []
+    for image in test_split[0]:
+        alone = answer(server, png_bytes(image))
+        if not [other for _, other in scans if same_answer(alone, other)]:
+            scans.append((png_bytes(image), alone))
+        if len(scans) == 20:
+            break
     outcomes: list[tuple[float, object]] = []  # (start time, HTTP status or exception name)
-    durations: list[tuple[float, float]] = []  # (start time, seconds to the answer)
-    wrong: list[str] = []
+    answered: list[list[float]] = []  # per client: when each answer arrived
+    wrong: list[tuple[dict, dict]] = []
     stop = threading.Event()
     clients = 4
 
-    def load():
+    def load(times: list[float]):
         with requests.Session() as session:
             index = 0
             while not stop.is_set():
-                data, label = scans[index % len(scans)]
+                data, expected = scans[index % len(scans)]
                 index += 1
                 started = time.monotonic()
                 try:
@@ -125,76 +165,99 @@ def test_scale_up_and_down_while_requests_keep_flowing(versions_server, test_spl
                     outcomes.append((started, type(error).__name__))
                     continue
                 outcomes.append((started, response.status_code))
-                durations.append((started, time.monotonic() - started))
-                if response.status_code == 200 and response.json()["label"] != label:
-                    wrong.append(label)
+                times.append(time.monotonic())
+                if response.status_code == 200 and not same_answer(response.json(), expected):
+                    wrong.append((response.json(), expected))
 
-    threads = [threading.Thread(target=load) for _ in range(clients)]
+    threads = []
+    for _ in range(clients):
+        answered.append([])
+        threads.append(threading.Thread(target=load, args=(answered[-1],)))
     for thread in threads:
         thread.start()
-    windows, counts = [], []
+    windows, counts = [], []  # windows: (began, returned, ended, scaled down)
     try:
         time.sleep(1)
         previous = 2
         for workers, transport in ((3, []), (1, ["--grpc"]), (2, [])):
+            before = set(server.worker_pids("digits"))
             began = time.monotonic()
             result = manage(server, *transport, "scale", "--min", str(workers), "--max", str(workers))
-            windows.append((began, time.monotonic(), workers < previous))
-            previous = workers
+            returned = time.monotonic()
             assert result.returncode == 0, result.stderr
             assert f"digits 1.0: {workers} of {workers} workers READY" in result.stdout
             entry = server.describe("digits")[0]
             counts.append((entry["minWorkers"], sum(worker["status"] == "READY" for worker in entry["workers"])))
+            removed = before - {int(worker["pid"]) for worker in entry["workers"]}
+            windows.append((began, returned, gone_at(removed) if removed else returned, workers < previous))
+            previous = workers
             time.sleep(1)
     finally:
         stop.set()
         for thread in threads:
             thread.join(timeout=60)
     assert counts == [(3, 3), (1, 1), (2, 2)]
-    answered = sum(outcome == 200 for _, outcome in outcomes)
-    assert answered > 50 and not wrong, wrong  # no mixed-up or changed answer
+    answers = sum(outcome == 200 for _, outcome in outcomes)
+    assert answers > 50 and not wrong, wrong[:3]  # no mixed-up or changed answer
 
     def during_a_scale_down(started: float) -> bool:
-        return [down for began, ended, down in windows if began - 0.5 <= started <= ended] == [True]
+        return [down for began, _, ended, down in windows if began - 0.5 <= started <= ended] == [True]
 
     failures = [(started, outcome) for started, outcome in outcomes if outcome != 200]
     for started, outcome in failures:
         assert during_a_scale_down(started), f"{outcome} for a request started outside a scale-down: {failures}, {windows}"
         assert outcome in ("ReadTimeout", 500, 503), failures
     assert len(failures) <= clients, failures
-    outside = [seconds for started, seconds in durations if not during_a_scale_down(started)]
-    # A stall detector, not a speed check: answers here take ~10 ms; a held I/O thread took seconds.
-    assert max(outside) < 3, f"a request outside a scale-down waited {max(outside):.1f} s: {windows}"
+    # The stall detector, measured against the event: a held I/O thread makes its clients wait for the whole worker
+    # start (the scale-up call), so no client may go without an answer for most of it. (Answers take ~10 ms here;
+    # with a Docker build writing gigabytes beside it, one client once waited 58% of a 15 s start.)
+    for began, returned, _, down in windows:
+        if not down:
+            silences = [longest_silence(times, began, returned) for times in answered]
+            assert max(silences) < max(0.8 * (returned - began), 1.0), (silences, returned - began)
 
 
 @pytest.mark.parametrize("transport", ["rest", "grpc"])
-def test_registration_is_refused_by_default_with_a_hint(versions_server, transport):
+def test_registration_is_refused_by_default_with_a_hint(server, transport):
+    """The session's server runs the shipped config.properties: enable_model_api=false."""
     flags = ["--grpc"] if transport == "grpc" else []
-    for command in (["register", "digits_v2.mar"], ["unregister", "--version", "2.0"]):
-        result = manage(versions_server, *flags, *command)
+    for command in (["register", "digits_v2.mar"], ["unregister", "--version", "1.0"]):
+        result = manage(server, *flags, *command)
         assert result.returncode == 1
         assert ("405" if transport == "rest" else "Model API disabled") in result.stderr
         assert "enable_model_api=false" in result.stderr
-    assert len(versions_server.describe("digits/all")) == 2
+    assert [entry["modelVersion"] for entry in server.describe("digits/all")] == ["1.0"]
 
 
-def test_register_and_unregister_with_the_model_api_on(model_store, workdir_factory, test_split):
-    server = start_server(model_store, workdir_factory(), "digits.mar", extra_env={"TS_ENABLE_MODEL_API": "true"})
-    try:
-        data = png_bytes(test_split[0][0])
-        # allowed_urls=file://.* : even with the model API on, nothing is fetched over http(s) (no SSRF)
-        remote = manage(server, "register", "https://example.com/digits.mar")
-        assert remote.returncode == 1 and "does not match any allowed URL" in remote.stderr
-        registered = manage(server, "register", "digits_v2.mar", "--initial-workers", "1")
-        assert registered.returncode == 0 and "registered" in registered.stdout.lower(), registered.stderr
-        assert answer(server, data, "digits/2.0")["label"] == str(test_split[1][0])
-        assert manage(server, "list").stdout.strip() == "digits: 1.0 (default), 2.0"
-        removed = manage(server, "--grpc", "unregister", "--version", "2.0")
-        assert removed.returncode == 0, removed.stderr
-        gone = requests.post(f"{server.endpoints.inference}/predictions/digits/2.0", data=data,
-                             headers={**server.auth(), "Content-Type": "application/octet-stream"}, timeout=TIMEOUT)
-        assert gone.status_code == 404
-        assert answer(server, data)["label"] == str(test_split[1][0])
-    finally:
-        pids = server.stop()
-    assert not [pid for pid in pids if psutil.pid_exists(pid)]
+def test_unregister_and_register_with_the_model_api_on(versions_server, test_split):
+    """Version 2.0 unregistered (gone: 404, 1.0 still answers), then registered again from the store; an https
+    archive is refused even so (allowed_urls=file://.*: nothing is fetched over the network, no SSRF)."""
+    server = versions_server
+    data = png_bytes(test_split[0][0])
+    removed = manage(server, "--grpc", "unregister", "--version", "2.0")
+    assert removed.returncode == 0, removed.stderr
+    gone = requests.post(f"{server.endpoints.inference}/predictions/digits/2.0", data=data,
+                         headers={**server.auth(), "Content-Type": "application/octet-stream"}, timeout=TIMEOUT)
+    assert gone.status_code == 404
+    assert manage(server, "list").stdout.strip() == "digits: 1.0 (default)"
+    assert answer(server, data)["label"] == str(test_split[1][0])
+    remote = manage(server, "register", "https://example.com/digits.mar")
+    assert remote.returncode == 1 and "does not match any allowed URL" in remote.stderr
+    registered = manage(server, "register", "digits_v2.mar", "--initial-workers", "1")
+    assert registered.returncode == 0 and "registered" in registered.stdout.lower(), registered.stderr
+    assert answer(server, data, "digits/2.0")["label"] == str(test_split[1][0])
+    assert manage(server, "list").stdout.strip() == "digits: 1.0 (default), 2.0"
+
+
+def test_a_server_beside_another_stops_cleanly_and_frees_its_ports(versions_server, server):
+    """Last in the module: this module's server ran beside the session's (own ports, temp dir, workers); stopped,
+    every process of it is gone without a SIGKILL, its ports can be bound again, and the other one still answers."""
+    ports = versions_server.ports()
+    pids = versions_server.stop()
+    assert len(pids) >= 4  # the frontend and its workers (2.0's one worker among them)
+    assert not versions_server.killed, f"torchserve --stop left {versions_server.killed} running: they needed SIGKILL"
+    assert not [pid for pid in pids if pid_alive(pid)], "TorchServe processes left behind"
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # free again
+    assert requests.get(f"{server.endpoints.inference}/ping", headers=server.auth(), timeout=10).status_code == 200

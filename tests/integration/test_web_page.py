@@ -53,11 +53,13 @@ def test_the_page_asks_for_the_gateways_credential_then_answers(gateway, browser
 
     enter_credential(browser, gateway.credential, remember=True)  # the same drawing, sent again with it
     assert not browser.visible("credential-form") and not browser.visible("error")
-    assert browser.text("label") == str(labels[digit])
+    # The server's answer for what is on the pad (how well drawn digits are read is tests/web's concern).
+    assert browser.text("label") == gateway.predict(browser.pad_png()).json()["label"]
     assert browser.js("return sessionStorage.getItem('digits.credential')") == gateway.credential
 
     browser.open(f"{gateway.rest}/")  # a reload in the same tab keeps it (sessionStorage), another tab would not
     draw(browser, images[digit])
-    assert not browser.visible("credential-form") and browser.text("label") == str(labels[digit])
+    assert not browser.visible("credential-form")
+    assert browser.text("label") == gateway.predict(browser.pad_png()).json()["label"]
     errors = [message for message in browser.console_errors() if "status of 401" not in message]
     assert errors == [], errors  # no CSP violation, no script error

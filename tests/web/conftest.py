@@ -12,9 +12,10 @@ from scripts.local_server import package
 from tests.system import NGINX, ensure_packages
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def open_gateway(artifacts, tmp_path_factory):
-    """gateway/run.py --no-client-credential on 127.0.0.1: TorchServe, nginx, the page at /."""
+    """gateway/run.py --no-client-credential on 127.0.0.1: TorchServe, nginx, the page at /. For the module that
+    uses it only: an idle TorchServe would compete for the two cores with the tests after it."""
     from tests.integration.gateways import HostGateway
 
     ensure_packages(NGINX)

@@ -8,7 +8,6 @@ tests/integration/test_web_page.py).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
