@@ -122,9 +122,11 @@ class Browser:
             self.driver = webdriver.Chrome(service=self.service, options=options)
         except SessionNotCreatedException as error:  # Chromium itself cannot run here: say why (fails under CI)
             self.kill()
+            shutil.rmtree(self.profile, ignore_errors=True)
             unavailable(f"headless Chromium did not start: {error}")
         except BaseException:  # anything else is a bug (ours or Selenium's): a failure, never a skip
             self.kill()
+            shutil.rmtree(self.profile, ignore_errors=True)
             raise
         self.pids = [self.service.process.pid, *[child.pid for child in
                                                   psutil.Process(self.service.process.pid).children(recursive=True)]]

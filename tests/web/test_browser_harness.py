@@ -2,6 +2,9 @@
 any other error while starting it (a Selenium regression, a bug of ours) is a failure, never a skip."""
 from __future__ import annotations
 
+import glob
+import tempfile
+
 import pytest
 from _pytest.outcomes import Failed, Skipped
 from selenium import webdriver
@@ -17,6 +20,15 @@ def refuse_with(error: BaseException):
     def chrome(*args, **kwargs):
         raise error
     return chrome
+
+
+@pytest.fixture(autouse=True)
+def no_profile_left_behind():
+    """A browser that did not start leaves no profile directory behind."""
+    pattern = f"{tempfile.gettempdir()}/digits-chromium-*"
+    before = set(glob.glob(pattern))
+    yield
+    assert set(glob.glob(pattern)) <= before
 
 
 def test_a_selenium_error_fails_instead_of_skipping(monkeypatch):
