@@ -110,7 +110,7 @@ def pytest_collection_modifyitems(items):
 
 # What these fixtures need from Debian's packages (a test module without such a fixture names its own in PACKAGES).
 FIXTURE_PACKAGES = {"gateway": system.NGINX, "open_gateway": system.NGINX, "bundle": system.NGINX,
-                    "prometheus": system.PROMETHEUS, "browser": system.CHROMIUM, "docker_session": system.DOCKER}
+                    "prometheus": system.PROMETHEUS, "browser": system.CHROMIUM}
 DOCKER_FIXTURES = {"docker_session", "image", "container_gateway"}
 
 

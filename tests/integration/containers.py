@@ -29,7 +29,7 @@ import psutil
 import requests
 
 from scripts import grpc_client
-from scripts.local_server import PortClash, port_taken, retry_port_clash
+from scripts.local_server import PortClash, retry_port_clash
 from tests.conftest import ROOT
 from tests.integration.gateways import Gateway, client_session, gateway_ports, new_credential, wait_until_ready
 from tests.system import DOCKER, ensure_packages, unavailable
@@ -314,11 +314,9 @@ class ContainerGateway(Gateway):
         gateway.started_at = time.monotonic()
         session.run(image, env=environment, credential_file=credential_file, name=gateway.name)
         try:
-            wait_until_ready(gateway, gateway.running, timeout, gateway.log_tail)
-        except (RuntimeError, TimeoutError) as error:
-            if port_taken(gateway.logs()):
-                session.remove_container(gateway.name)
-                raise PortClash(str(error)) from None
+            wait_until_ready(gateway, gateway.running, timeout, gateway.logs)
+        except PortClash:
+            session.remove_container(gateway.name)
             raise
         return gateway
 

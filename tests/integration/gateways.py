@@ -74,12 +74,14 @@ def gateway_ports() -> dict:
     return {"rest": rest, "grpc": grpc_port, "metrics": metrics, "internal": base}
 
 
-def wait_until_ready(gateway: Gateway, is_alive, timeout: float, describe) -> None:
+def wait_until_ready(gateway: Gateway, is_alive, timeout: float, logs) -> None:
+    """Until /healthz/ready answers 200. Raises PortClash when the gateway's log (`logs()`, all of it) says a port was
+    taken under it, RuntimeError if it exited, TimeoutError otherwise; each with the log's tail."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         if not is_alive():
-            raise RuntimeError(f"the {gateway.kind} gateway exited during start-up:\n{describe()}")
+            start_failed(gateway, logs(), RuntimeError, "exited during start-up")
         try:
             response = requests.get(f"{gateway.rest}/healthz/ready", timeout=5)
             if response.status_code == 200:
@@ -88,7 +90,12 @@ def wait_until_ready(gateway: Gateway, is_alive, timeout: float, describe) -> No
         except requests.RequestException as error:
             last = str(error)
         time.sleep(0.5)
-    raise TimeoutError(f"the {gateway.kind} gateway was not ready in {timeout:.0f} s ({last}):\n{describe()}")
+    start_failed(gateway, logs(), TimeoutError, f"was not ready in {timeout:.0f} s ({last})")
+
+
+def start_failed(gateway: Gateway, log_text: str, error: type, what: str):
+    tail = "\n".join(log_text.splitlines()[-60:])
+    raise (PortClash if port_taken(log_text) else error)(f"the {gateway.kind} gateway {what}:\n{tail}")
 
 
 class HostGateway(Gateway):
@@ -122,23 +129,18 @@ class HostGateway(Gateway):
             gateway.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
                                                stdin=subprocess.DEVNULL, env=environ, cwd=workdir)
         try:
-            wait_until_ready(gateway, lambda: gateway.process.poll() is None, timeout, gateway.log_tail)
-        except (RuntimeError, TimeoutError) as error:
-            gateway.kill()
-            if port_taken(gateway.log()):
-                raise PortClash(str(error)) from None
-            raise
+            wait_until_ready(gateway, lambda: gateway.process.poll() is None, timeout, gateway.log)
         except BaseException:
             gateway.kill()
             raise
         return gateway
 
     def log_tail(self, lines: int = 60) -> str:
-        path = self.workdir / "gateway.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+        return "\n".join(self.log().splitlines()[-lines:])
 
     def log(self) -> str:
-        return (self.workdir / "gateway.log").read_text(errors="replace")
+        path = self.workdir / "gateway.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def descendants(self) -> list[psutil.Process]:
         try:
