@@ -43,6 +43,7 @@ WORKDIR /opt/digits
 COPY config.properties metrics.yaml log4j2.xml train.py ./
 COPY model/ model/
 COPY handler/ handler/
+COPY serving/ serving/
 COPY scripts/ scripts/
 COPY gateway/ gateway/
 COPY web/ web/
@@ -59,5 +60,7 @@ USER 10001:10001
 # itself is not exposed. Clients need the gateway's credential (the page has a field for it).
 EXPOSE 8080 7070 8082
 STOPSIGNAL SIGTERM
-# tini is PID 1: it reaps every process and passes docker stop's SIGTERM to gateway/run.py, which drains.
-ENTRYPOINT ["/usr/bin/tini", "--", "/opt/venv/bin/python", "/opt/digits/gateway/run.py"]
+# tini is PID 1: it reaps every process and passes docker stop's SIGTERM to the gateway, which drains. The gateway
+# is a package run from WORKDIR (python -m puts the working directory on the path; no PYTHONPATH, which TorchServe's
+# workers would inherit: they must import the archive's code only).
+ENTRYPOINT ["/usr/bin/tini", "--", "/opt/venv/bin/python", "-m", "gateway"]

@@ -17,21 +17,26 @@ $(VENV)/.installed: requirements.txt
 
 venv: $(VENV)/.installed  ## create .venv and install requirements.txt
 
-artifacts/digit_cnn.pt: $(VENV)/.installed
+# What training reads and what scripts/package.sh ships: an edit to any of them makes the weights or the archive
+# stale, and the next `make package` (serve, web, image, demo) rebuilds them (tests/test_makefile.py checks it).
+TRAIN_SOURCES := train.py $(wildcard model/*.py)
+ARCHIVE_SOURCES := scripts/package.sh $(wildcard handler/*.py) handler/model-config.yaml $(wildcard model/*.py)
+
+artifacts/digit_cnn.pt: $(VENV)/.installed $(TRAIN_SOURCES)
 	$(PY) train.py
 
 train: $(VENV)/.installed  ## train on 5,000 real MNIST digits (bundled, offline) -> artifacts/
 	$(PY) train.py
 
-model_store/digits.mar: artifacts/digit_cnn.pt scripts/package.sh handler/*.py handler/model-config.yaml model/*.py
+model_store/digits.mar: artifacts/digit_cnn.pt $(ARCHIVE_SOURCES)
 	PATH=$(VENV)/bin:$$PATH scripts/package.sh
 
 package: model_store/digits.mar  ## package artifacts/ -> model_store/digits.mar
 
-artifacts/v2/digit_cnn.pt: $(VENV)/.installed
+artifacts/v2/digit_cnn.pt: $(VENV)/.installed $(TRAIN_SOURCES)
 	$(PY) train.py --seed 2 --output-dir artifacts/v2
 
-model_store/digits_v2.mar: artifacts/v2/digit_cnn.pt scripts/package.sh handler/*.py handler/model-config.yaml model/*.py
+model_store/digits_v2.mar: artifacts/v2/digit_cnn.pt $(ARCHIVE_SOURCES)
 	PATH=$(VENV)/bin:$$PATH scripts/package.sh --version 2.0 --artifacts artifacts/v2 --archive-name digits_v2
 
 package-v2: model_store/digits_v2.mar  ## train with seed 2 -> model_store/digits_v2.mar (model digits, version 2.0)
@@ -46,17 +51,17 @@ status:  ## is TorchServe running, and where
 	scripts/serve.sh status
 
 predict:  ## classify the sample digits over REST (TorchServe must be running)
-	$(PY) scripts/predict.py artifacts/samples/*.png
+	$(PY) -m scripts.predict artifacts/samples/*.png
 
 demo: package  ## venv, train, package, serve, predict sample digits, stop
 	scripts/serve.sh start
-	$(PY) scripts/predict.py artifacts/samples/*.png; status=$$?; scripts/serve.sh stop; exit $$status
+	$(PY) -m scripts.predict artifacts/samples/*.png; status=$$?; scripts/serve.sh stop; exit $$status
 
 # Debian's packages (nginx, wrk, docker.io) are installed when missing, as root or with sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # The web page (web/) on this machine: TorchServe behind the gateway, on loopback only, asking for no credential
-# (gateway/run.py refuses that mode on any other address). Ports apart from `make serve`'s and the image's.
+# (the gateway refuses that mode on any other address). Ports apart from `make serve`'s and the image's.
 WEB_PORT ?= 8090
 WEB_GRPC_PORT ?= 7090
 WEB_METRICS_PORT ?= 8092
@@ -64,7 +69,7 @@ WEB_INTERNAL_PORT ?= 18090
 WEB_STATE ?= /tmp/digits-web
 web: package nginx  ## the web page: TorchServe + gateway on 127.0.0.1, prints the URL; Ctrl-C stops both
 	@echo "make web: starting TorchServe and the gateway on 127.0.0.1 (no credential: this machine only); Ctrl-C stops them"
-	@$(PY) gateway/run.py --no-client-credential --address 127.0.0.1 --metrics-address 127.0.0.1 \
+	@$(PY) -m gateway --no-client-credential --address 127.0.0.1 --metrics-address 127.0.0.1 \
 	  --port $(WEB_PORT) --grpc-port $(WEB_GRPC_PORT) --metrics-port $(WEB_METRICS_PORT) \
 	  --internal-port-base $(WEB_INTERNAL_PORT) --state-dir $(WEB_STATE) --drain-seconds 0; \
 	  status=$$?; [ $$status = 0 ] || [ $$status = 130 ]
@@ -84,7 +89,7 @@ wrk:  ## install the load generator wrk (apt-get) if it is missing
 	@command -v wrk >/dev/null
 
 bench: package wrk  ## benchmark TorchServe with wrk against the raw in-process ceiling -> artifacts/bench/
-	$(PY) scripts/benchmark.py --profile
+	$(PY) -m benchmarks --profile
 
 gpu-check: $(VENV)/.installed  ## prove the workers run on CUDA (exits 0 with a note where there is no GPU)
 	scripts/gpu_check.sh
@@ -115,9 +120,9 @@ docker-clean:  ## remove this project's images and build cache from Docker (make
 # KServe's Python SDK, the third-party client of the Open Inference Protocol tests: its own venv (it pins protobuf
 # and grpcio below the bundle's).
 KSERVE_VENV := .venv-kserve
-$(KSERVE_VENV)/.installed: tests/integration/kserve-requirements.txt
+$(KSERVE_VENV)/.installed: tests/support/kserve-requirements.txt
 	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
-	$(KSERVE_VENV)/bin/python -m pip install --quiet -r tests/integration/kserve-requirements.txt
+	$(KSERVE_VENV)/bin/python -m pip install --quiet -r tests/support/kserve-requirements.txt
 	touch $@
 
 kserve-client: $(KSERVE_VENV)/.installed  ## KServe's Python SDK in .venv-kserve (for the Open Inference Protocol tests)
@@ -125,8 +130,9 @@ kserve-client: $(KSERVE_VENV)/.installed  ## KServe's Python SDK in .venv-kserve
 # Two tiers (docs/testing.md). `make check`, the inner loop (under 2 minutes once .venv exists): the unit tests and
 # one real TorchServe (REST, gRPC, every bad input). `make test`, what CI runs: everything (Docker, nginx,
 # Chromium, Prometheus, the benchmark's smoke run; about 9 minutes of tests with Docker's build cache warm).
-CHECK_TESTS := tests/model tests/handler tests/test_train.py tests/scripts tests/gateway tests/deploy \
-	tests/web/test_files.py tests/integration/test_server.py tests/integration/test_grpc.py
+CHECK_TESTS := tests/model tests/handler tests/test_train.py tests/test_makefile.py tests/serving tests/scripts \
+	tests/benchmarks tests/gateway tests/deploy tests/web/test_files.py tests/integration/test_server.py \
+	tests/integration/test_grpc.py
 check: $(VENV)/.installed  ## the inner loop: unit tests and one real TorchServe (REST, gRPC, bad input)
 	$(PY) -m pytest $(CHECK_TESTS)
 

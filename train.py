@@ -120,6 +120,13 @@ def builtin_splits(dataset: str, fractions: tuple[float, float], seed: int) -> d
     return {name: (images[idx], labels[idx]) for name, idx in zip(("train", "validation", "test"), parts)}
 
 
+def default_test_split() -> tuple[np.ndarray, np.ndarray]:
+    """The held-out test split of a run with the default flags (28x28 8-bit images, labels): digits the shipped
+    model never trained on. The tests, the benchmark and scripts/gpu_check.sh send these."""
+    defaults = build_parser().parse_args([])
+    return builtin_splits(defaults.dataset, (defaults.val_fraction, defaults.test_fraction), defaults.seed)["test"]
+
+
 def find_idx_files(data_dir: Path, prefix: str) -> tuple[Path, Path] | None:
     """The standard raw IDX pair (e.g. train-images-idx3-ubyte[.gz]) anywhere under data_dir, or None."""
     found = []

@@ -1,17 +1,17 @@
 -- The gateway's per-request logic, run by nginx's Lua module (Debian's libnginx-mod-http-lua).
 --
 -- Clients present the gateway's own credential; TorchServe's inference key never leaves the gateway. The key is
--- swapped by gateway/run.py through the admin socket, with a short hold so that no request reaches TorchServe
+-- swapped by the gateway's gateway/keys.py through the admin socket, with a short hold so that no request reaches TorchServe
 -- with a key it has just replaced (TorchServe 0.12.0 knows one inference key at a time and switches at once):
---   1. run.py sets "hold": requests arriving now wait here (ngx.sleep: other requests go on);
---   2. run.py waits until "inflight" (requests past this point and not yet finished) drops to 0;
---   3. run.py rotates the key in TorchServe, sets the new one here and clears "hold".
--- A request counts itself in "inflight" *before* it looks at "hold", so run.py can never miss one.
+--   1. keys.py sets "hold": requests arriving now wait here (ngx.sleep: other requests go on);
+--   2. keys.py waits until "inflight" (requests past this point and not yet finished) drops to 0;
+--   3. keys.py rotates the key in TorchServe, sets the new one here and clears "hold".
+-- A request counts itself in "inflight" *before* it looks at "hold", so keys.py can never miss one.
 local M = {}
 
 local state = ngx.shared.gateway
 local credentials = {}
-local credential_required = true -- false only on a loopback-only gateway (run.py --no-client-credential)
+local credential_required = true -- false only on a loopback-only gateway (python -m gateway --no-client-credential)
 local HOLD_LIMIT = 3.0 -- seconds a request waits for a rotation before going on regardless
 local HOLD_STEP = 0.002
 
@@ -37,8 +37,8 @@ function M.reject(status, kind, message)
   return ngx.exit(status)
 end
 
--- init_by_lua: the client credentials, one per line, from the file run.py wrote (mode 0600). `required` false:
--- run.py was started with --no-client-credential, which it allows on a loopback address only, and wrote no file.
+-- init_by_lua: the client credentials, one per line, from the file the gateway wrote (mode 0600). `required` false:
+-- the gateway was started with --no-client-credential, which it allows on a loopback address only, and wrote no file.
 function M.load_credentials(path, required)
   if required == false then
     credential_required = false
@@ -148,7 +148,7 @@ function M.metrics()
   ngx.print(table.concat(lines))
 end
 
--- content_by_lua on the admin socket (run.py only): PUT /key, /expiry, /hold, /draining, /ready; GET /inflight.
+-- content_by_lua on the admin socket (the gateway's own process only): PUT /key, /expiry, /hold, /draining, /ready; GET /inflight.
 function M.admin()
   local what = ngx.var.uri:match("^/admin/(%a+)$")
   if ngx.req.get_method() == "GET" and what == "inflight" then

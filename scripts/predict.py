@@ -1,7 +1,7 @@
 """REST client: classify image files with the running TorchServe, several at a time.
 
-    python scripts/predict.py artifacts/samples/*.png
-    python scripts/predict.py --json digit.png          # the server's full JSON answer per file
+    python -m scripts.predict artifacts/samples/*.png
+    python -m scripts.predict --json digit.png          # the server's full JSON answer per file
 
 The inference token is read from TorchServe's key_file.json; the endpoint from config.properties.
 Exit status: 0 all answered, 1 some file was refused (4xx/5xx), 2 server unreachable, 3 token refused.
@@ -16,31 +16,9 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
-from scripts.serving import (  # noqa: E402
-    DEFAULT_CONFIG, DEFAULT_MODEL, KEY_FILE_NAME, TOKEN_ERROR_TYPE, Endpoints, read_token,
-)
-
-
-class TokenRefused(Exception):
-    pass
-
-
-def classify(session: requests.Session, url: str, token: str, path: Path, timeout: float) -> tuple[int, dict]:
-    """POST one file's bytes; (HTTP status, JSON answer)."""
-    response = session.post(
-        url,
-        data=path.read_bytes(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"},
-        timeout=timeout,
-    )
-    try:
-        body = response.json()
-    except ValueError:
-        body = {"message": response.text.strip()}
-    if isinstance(body, dict) and body.get("type") == TOKEN_ERROR_TYPE:
-        raise TokenRefused(body.get("message", "token refused"))
-    return response.status_code, body
+from serving.config import DEFAULT_CONFIG, DEFAULT_MODEL, KEY_FILE_NAME, Endpoints
+from serving.rest import TokenRefused, classify
+from serving.tokens import read_token
 
 
 def main(argv: list[str] | None = None) -> int:

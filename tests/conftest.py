@@ -3,59 +3,17 @@ $DIGITS_TEST_MODEL_DIR), image helpers, a time limit for every test, and heavy p
 Docker and the image's slow stages) prepared in the background from collection on."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from tests import system
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def png_bytes(pixels: np.ndarray, mode: str | None = None) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode=mode).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    """What numpy.save writes for `array` (no pickles): the body of a multi-image request."""
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def encode(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that declares width x height pixels but holds no pixel data (a decompression bomb's header)."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
-def sklearn_scans_u8() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 8x8 scans as 8-bit images, exactly as train.py stores them, and their labels."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    return np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8), digits.target
+from tests.support import ROOT, system
 
 
 # Another trained model for the whole suite: a directory train.py wrote (with the default split, seed 0). Every
@@ -87,9 +45,7 @@ def test_split() -> tuple[np.ndarray, np.ndarray]:
     """The default run's held-out test split: real MNIST digits as 28x28 8-bit images (white on black), labels."""
     import train
 
-    defaults = train.build_parser().parse_args([])
-    splits = train.builtin_splits(defaults.dataset, (defaults.val_fraction, defaults.test_fraction), defaults.seed)
-    return splits["test"]
+    return train.default_test_split()
 
 
 # ---------------------------------------------------------------- per-test time limits
@@ -136,13 +92,13 @@ def pytest_collection_finish(session):
         needs.update(system.DOCKER)
     system.install_in_background(needs)
     if docker:
-        from tests.integration import containers
+        from tests.support import containers
 
         containers.prepare_in_background()
 
 
 def pytest_sessionfinish(session):
     """A run stopped before the container tests (-x, Ctrl-C) still stops the Docker it prepared."""
-    containers = sys.modules.get("tests.integration.containers")
+    containers = sys.modules.get("tests.support.containers")
     if containers is not None and containers.finish_preparation():
         session.config.get_terminal_writer().line("docker: some of the session's containers or images remain")

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 import train
-from tests.conftest import ROOT
-from tests.tolerances import ACCURACY_FLOOR
+from tests.support import ROOT
+from tests.support.tolerances import ACCURACY_FLOOR
 
 
 def test_default_run_writes_every_output(artifacts):
@@ -114,7 +114,7 @@ def test_dry_run_is_deterministic_on_cpu(tmp_path):
 
 
 def test_folder_dataset_uses_subfolder_names(tmp_path):
-    from tests.conftest import sklearn_scans_u8
+    from tests.support.images import sklearn_scans_u8
 
     images, labels = sklearn_scans_u8()
     for name, digit in (("one", 1), ("seven", 7)):
@@ -131,7 +131,7 @@ def test_folder_dataset_uses_subfolder_names(tmp_path):
 
 def test_mnist_from_raw_idx_files(tmp_path):
     """--dataset mnist --data-dir with the standard raw IDX files (here: a small made-up set)."""
-    from tests.conftest import sklearn_scans_u8
+    from tests.support.images import sklearn_scans_u8
 
     images, labels = sklearn_scans_u8()
     big = np.stack([np.pad(np.kron(image, np.ones((3, 3), np.uint8)), 2) for image in images[:200]])

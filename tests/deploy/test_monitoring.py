@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.system import PROMETHEUS, ensure_packages
+from tests.support.system import PROMETHEUS, ensure_packages
 
 PACKAGES = PROMETHEUS  # promtool; installed in the background from collection on (tests/conftest.py)
 

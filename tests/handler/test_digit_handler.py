@@ -16,8 +16,9 @@ from handler import digit_handler
 from handler.digit_handler import DigitHandler
 from model import preprocessing
 from model.preprocessing import InputError
-from tests.conftest import ROOT, npy_bytes, png_bytes, sklearn_scans_u8
-from tests.integration import bad_inputs
+from tests.support import ROOT
+from tests.support.images import npy_bytes, png_bytes, sklearn_scans_u8
+from tests.support import bad_inputs
 
 
 @pytest.fixture(scope="module")

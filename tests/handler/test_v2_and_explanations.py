@@ -10,10 +10,10 @@ from handler import explanations, open_inference
 from handler.digit_handler import load_model
 from model import preprocessing
 from model.preprocessing import InputError, InputTooLarge
-from tests.conftest import png_bytes
+from tests.support.images import png_bytes
 from tests.handler.test_digit_handler import GRPC_REQUEST, REST_REQUEST, handler, make_context, model_dir  # noqa: F401
-from tests.integration import bad_inputs
-from tests.tolerances import (DEFAULT_STEPS_MAX_ERROR, DEFAULT_STEPS_MEDIAN_ERROR, FINE_MAX_ERROR,
+from tests.support import bad_inputs
+from tests.support.tolerances import (DEFAULT_STEPS_MAX_ERROR, DEFAULT_STEPS_MEDIAN_ERROR, FINE_MAX_ERROR,
                               FINE_STEPS)
 
 EXPLAIN_REQUEST = {**REST_REQUEST, "explain": "True"}  # what TorchServe adds for /explanations and /v2/.../explain

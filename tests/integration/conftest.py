@@ -1,4 +1,4 @@
-"""Fixtures for the integration tests: fresh .mar files and a real TorchServe (scripts/local_server.py) on its
+"""Fixtures for the integration tests: fresh .mar files and a real TorchServe (serving.launch) on its
 own ports, with its own temp dir, token auth on."""
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from scripts.local_server import package, pid_alive, start_server
-from tests.conftest import ROOT, png_bytes
+from serving.archive import package
+from serving.processes import pid_alive
+from serving import launch
+from tests.support import ROOT
+from tests.support.images import png_bytes
 
 BATCH_MODEL = "digits_batch"
 # A model with one worker and a long batch delay, so concurrent requests are sure to share a batch.
@@ -69,7 +72,7 @@ def workdir_factory():
 def docker_session():
     """Docker (installed and started when missing), made ready in the background since collection (the slow image
     stages included); what the session builds and runs in it is removed after."""
-    from tests.integration import containers
+    from tests.support import containers
 
     session = containers.prepare_in_background().result()
     yield session
@@ -88,7 +91,7 @@ def container_gateway(docker_session, image, workdir_factory, test_split):
     """The image running: TorchServe's keys last half a minute (rotated every 15 s), an access log on stdout (the
     drain test reads it), the gateway's default rate limit, and REST + gRPC traffic from the start on, which the
     rotation test judges (its clients, and the drain test's, have client addresses of their own)."""
-    from tests.integration.containers import ROTATION_MINUTES, ContainerGateway, Traffic
+    from tests.support.containers import ROTATION_MINUTES, ContainerGateway, Traffic
 
     gateway = ContainerGateway.run(docker_session, image, workdir_factory(),
                                    env={"TOKEN_EXPIRATION_MIN": str(ROTATION_MINUTES), "ACCESS_LOG": "stdout"})
@@ -100,9 +103,9 @@ def container_gateway(docker_session, image, workdir_factory, test_split):
 
 @pytest.fixture(scope="session", params=["host", "container"])
 def gateway(request, model_store, workdir_factory):
-    """The gateway in front of TorchServe with the fresh digits.mar: gateway/run.py on this machine, or the image."""
-    from tests.integration.gateways import HostGateway
-    from tests.system import NGINX, ensure_packages
+    """The gateway in front of TorchServe with the fresh digits.mar: python -m gateway on this machine, or the image."""
+    from tests.support.gateways import HostGateway
+    from tests.support.system import NGINX, ensure_packages
 
     if request.param == "container":
         yield request.getfixturevalue("container_gateway")
@@ -111,13 +114,13 @@ def gateway(request, model_store, workdir_factory):
     gateway = HostGateway.start(model_store, workdir_factory(), "--load-models", "digits.mar")
     yield gateway
     status, alive = gateway.stop()
-    assert status == 0, f"gateway/run.py exited {status} on SIGTERM:\n{gateway.log_tail()}"
-    assert not alive, f"processes left behind by gateway/run.py: {alive}"
+    assert status == 0, f"the gateway exited {status} on SIGTERM:\n{gateway.log_tail()}"
+    assert not alive, f"processes left behind by the gateway: {alive}"
 
 
 @pytest.fixture(scope="session")
 def server(model_store, workdir_factory):
-    server = start_server(model_store, workdir_factory(), f"digits.mar,{BATCH_MODEL}.mar")
+    server = launch.start(model_store, workdir_factory(), f"digits.mar,{BATCH_MODEL}.mar")
     yield server
     pids = server.stop()
     assert not server.killed, f"torchserve --stop left {server.killed} running: they needed SIGKILL"

@@ -1,4 +1,4 @@
-"""scripts/benchmark.py --quick: every step runs against a real TorchServe under wrk, the soak's short version
+"""python -m benchmarks --quick: every step runs against a real TorchServe under wrk, the soak's short version
 (2,000+ requests at concurrency 32, zero errors and zero wrong answers) and one kill -9 recovery included.
 No timing assertions beyond the bounds of issue #5 (recovery within 30 s)."""
 from __future__ import annotations
@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
-from scripts import benchmark
-from tests.conftest import ROOT, png_bytes
+from benchmarks import load
+from tests.support import ROOT
+from tests.support.images import png_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -20,9 +21,9 @@ pytestmark = pytest.mark.integration
 def test_quick_benchmark_measures_every_setting(model_store, tmp_path):
     before = set(glob.glob("/tmp/ts-bench-*"))
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--quick", "--archive", str(model_store / "digits.mar"),
+        [sys.executable, "-m", "benchmarks", "--quick", "--archive", str(model_store / "digits.mar"),
          "--output-dir", str(tmp_path), "--profile"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
@@ -68,7 +69,7 @@ def test_quick_benchmark_measures_every_setting(model_store, tmp_path):
     assert "soak: " in result.stdout and "0 errors, 0 wrong answers" in result.stdout
     recovered = results["recovery"]
     assert recovered["kills"] == 1 and recovered["max_s"] < 30
-    assert recovered["failed_requests"] <= benchmark.RECOVERY_CONCURRENCY  # at most the requests in flight
+    assert recovered["failed_requests"] <= load.RECOVERY_CONCURRENCY  # at most the requests in flight
     # "Answered at once" (README): no request waited out wrk's 10 s timeout, and the slowest took under 5 s.
     assert recovered["failures_by_kind"].get("timeout", 0) == 0 and recovered["max_latency_us"] < 5e6, recovered
     profile = results["profile_worker_at_c64"]  # py-spy samples of a worker: the handler must show up
@@ -86,8 +87,8 @@ def test_the_soak_check_catches_wrong_and_swapped_answers(server, test_split, tm
         (tmp_path / f"{index}.png").write_bytes(png_bytes(test_split[0][index]))
         pairs.append((tmp_path / f"{index}.png", int(test_split[1][index])))
     assert pairs[0][1] != pairs[1][1]
-    right = benchmark.run_wrk(url, pairs, server.inference_token, "image/png", 4, 2)
-    swapped = benchmark.run_wrk(url, [(pairs[0][0], pairs[1][1]), (pairs[1][0], pairs[0][1])],
+    right = load.run_wrk(url, pairs, server.inference_token, "image/png", 4, 2)
+    swapped = load.run_wrk(url, [(pairs[0][0], pairs[1][1]), (pairs[1][0], pairs[0][1])],
                                 server.inference_token, "image/png", 4, 2)
     assert right["requests"] > 0 and right["checked_answers"] == right["requests"]
     assert right["wrong_answers"] == 0 and right["error_count"] == 0, right

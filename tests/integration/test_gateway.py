@@ -1,4 +1,4 @@
-"""The gateway (nginx in front of TorchServe, gateway/run.py), on the host and in the container image.
+"""The gateway (nginx in front of TorchServe, python -m gateway), on the host and in the container image.
 
 Every test runs against both: `gateway` is parametrized. Clients hold the gateway's credential only; TorchServe's
 keys stay inside. Answers the gateway gives itself are JSON in the handler's error shape.
@@ -15,10 +15,11 @@ import pytest
 import requests
 from google.protobuf import empty_pb2
 
-from scripts import grpc_client
-from scripts.grpc_stubs import inference_pb2_grpc
-from tests.conftest import ROOT, png_bytes
-from tests.integration import bad_inputs
+from serving.rpc import client as grpc_client
+from serving.rpc.stubs import inference_pb2_grpc
+from tests.support import ROOT
+from tests.support.images import png_bytes
+from tests.support import bad_inputs
 
 pytestmark = pytest.mark.integration
 

@@ -18,9 +18,9 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import png_bytes
-from tests.integration.containers import ROTATION_MINUTES, ContainerGateway
-from tests.integration.gateways import client_session
+from tests.support.images import png_bytes
+from tests.support.containers import ROTATION_MINUTES, ContainerGateway
+from tests.support.gateways import client_session
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 def test_every_process_runs_as_the_image_user_not_root(container_gateway):
     assert container_gateway.exec("id", "-u").strip() == "10001"
     processes = container_gateway.processes()
-    assert len(processes) >= 6  # tini, run.py, nginx x2, TorchServe's launcher and Java, 2 workers
+    assert len(processes) >= 6  # tini, the gateway, nginx x2, TorchServe's launcher and Java, 2 workers
     names = {process.name() for process in processes}
     assert {"tini", "nginx", "java"} <= names, names
     assert all(process.uids().real == 10001 and process.uids().effective == 10001 for process in processes), \

@@ -9,10 +9,11 @@ import pytest
 import requests
 from google.protobuf import empty_pb2
 
-from scripts import grpc_client
-from scripts.grpc_stubs import inference_pb2_grpc, management_pb2, management_pb2_grpc
-from tests.conftest import ROOT, png_bytes
-from tests.integration import bad_inputs
+from serving.rpc import client as grpc_client
+from serving.rpc.stubs import inference_pb2_grpc, management_pb2, management_pb2_grpc
+from tests.support import ROOT
+from tests.support.images import png_bytes
+from tests.support import bad_inputs
 
 pytestmark = pytest.mark.integration
 
@@ -38,10 +39,9 @@ def assert_same_answer(grpc_answer: dict, rest_answer: dict) -> None:
 
 
 def run_cli(server, *args: str) -> subprocess.CompletedProcess:
-    """scripts/grpc_client.py as a user runs it; the server's TS_* ports reach it through the environment."""
-    command = [sys.executable, str(ROOT / "scripts" / "grpc_client.py"), "--key-file", str(server.endpoints.key_file),
-               *args]
-    return subprocess.run(command, env=server.env, capture_output=True, text=True, timeout=120)
+    """python -m scripts.grpc_client as a user runs it; the server's TS_* ports reach it through the environment."""
+    command = [sys.executable, "-m", "scripts.grpc_client", "--key-file", str(server.endpoints.key_file), *args]
+    return subprocess.run(command, env=server.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
 def test_ping_with_the_token(server, channel):

@@ -13,8 +13,10 @@ import pytest
 import requests
 import yaml
 
-from scripts.local_server import pid_alive, start_server
-from tests.conftest import ROOT, png_bytes
+from serving.processes import pid_alive
+from serving import launch
+from tests.support import ROOT
+from tests.support.images import png_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -26,16 +28,16 @@ def versions_server(model_store, workdir_factory):
     """Versions 1.0 (digits.mar) and 2.0 (digits_v2.mar, another seed) of model digits, loaded at start, with the
     model API turned on (the registration tests; the session's server keeps the shipped default, off). The module's
     last test stops it and checks the stop; stopping it again here is a no-op."""
-    server = start_server(model_store, workdir_factory(), "digits.mar,digits_v2.mar",
+    server = launch.start(model_store, workdir_factory(), "digits.mar,digits_v2.mar",
                           extra_env={"TS_ENABLE_MODEL_API": "true"})
     yield server
     server.stop()
 
 
 def manage(server, *args: str) -> subprocess.CompletedProcess:
-    """scripts/manage.py as a user runs it; the server's TS_* ports reach it through the environment."""
-    command = [sys.executable, str(ROOT / "scripts" / "manage.py"), "--key-file", str(server.endpoints.key_file), *args]
-    return subprocess.run(command, env=server.env, capture_output=True, text=True, timeout=180)
+    """python -m scripts.manage as a user runs it; the server's TS_* ports reach it through the environment."""
+    command = [sys.executable, "-m", "scripts.manage", "--key-file", str(server.endpoints.key_file), *args]
+    return subprocess.run(command, env=server.env, cwd=ROOT, capture_output=True, text=True, timeout=180)
 
 
 def answer(server, data: bytes, path: str = "digits") -> dict:

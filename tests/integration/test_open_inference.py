@@ -1,7 +1,7 @@
 """Explanations and the Open Inference Protocol (KServe v2) against a real TorchServe, token auth on.
 
 Interoperability is proven with KServe's own Python SDK (InferenceRESTClient, InferenceGRPCClient), run from its own
-virtualenv (tests/integration/kserve_client.py); the rest with plain HTTP and the bundle's gRPC client.
+virtualenv (tests/support/kserve_client.py); the rest with plain HTTP and the bundle's gRPC client.
 """
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import requests
 
-from scripts import grpc_client
-from tests.conftest import ROOT, png_bytes
-from tests.integration import bad_inputs
+from serving.rpc import client as grpc_client
+from tests.support import ROOT
+from tests.support.images import png_bytes
+from tests.support import bad_inputs
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +55,7 @@ def run_kserve_client(kserve_python, tmp_path, rest: str, grpc_target: str, toke
             "images": [base64.b64encode(png_bytes(image)).decode() for image in images[:8]],
             "frames": images[8:12].tolist(), "bad": base64.b64encode(b"the digit seven").decode()}
     (tmp_path / "case.json").write_text(json.dumps(case))
-    run = subprocess.run([str(kserve_python), str(ROOT / "tests" / "integration" / "kserve_client.py"),
+    run = subprocess.run([str(kserve_python), str(ROOT / "tests" / "support" / "kserve_client.py"),
                           str(tmp_path / "case.json")], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout)
@@ -97,14 +98,14 @@ def test_standard_v2_grpc_clients_do_not_find_torchserves_service(server, kserve
 
 
 def oip_stub(channel):
-    from scripts.grpc_stubs import open_inference_grpc_pb2_grpc
+    from serving.rpc.stubs import open_inference_grpc_pb2_grpc
 
     return open_inference_grpc_pb2_grpc.GRPCInferenceServiceStub(channel)
 
 
 def test_v2_grpc_with_torchserves_own_proto(server, test_split):
-    """ModelInfer with the stubs of TorchServe's own proto (scripts/grpc_stubs): typed contents in, typed out."""
-    from scripts.grpc_stubs import open_inference_grpc_pb2 as pb
+    """ModelInfer with the stubs of TorchServe's own proto (serving/rpc/stubs): typed contents in, typed out."""
+    from serving.rpc.stubs import open_inference_grpc_pb2 as pb
 
     images, labels = test_split
     metadata = grpc_client.auth_metadata(server.inference_token)

@@ -1,4 +1,4 @@
-"""scripts/peer_server.py, the benchmark's FastAPI peer: a fair comparison needs the same model, the same input
+"""benchmarks/peer, the benchmark's FastAPI peer: a fair comparison needs the same model, the same input
 handling and the same answers as TorchServe's handler. Checked against the real TorchServe of the `server` fixture,
 both serving the same freshly built .mar."""
 from __future__ import annotations
@@ -7,10 +7,10 @@ import psutil
 import pytest
 import requests
 
-from scripts import benchmark
-from scripts.local_server import pid_alive
-from tests.conftest import npy_bytes, png_bytes
-from tests.integration import bad_inputs
+from benchmarks import peer as peer_process
+from serving.processes import pid_alive
+from tests.support.images import npy_bytes, png_bytes
+from tests.support import bad_inputs
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 30
@@ -18,14 +18,14 @@ TIMEOUT = 30
 
 @pytest.fixture(scope="module")
 def peer(model_store, tmp_path_factory):
-    process, base = benchmark.start_peer(model_store / "digits.mar", tmp_path_factory.mktemp("peer"),
+    process, base = peer_process.start_peer(model_store / "digits.mar", tmp_path_factory.mktemp("peer"),
                                          "peer-token-0123456789")
     try:
         tree = [process.pid, *(child.pid for child in psutil.Process(process.pid).children(recursive=True))]
         assert len(tree) >= 3, "uvicorn's supervisor and 2 workers"
         yield base, {"Authorization": "Bearer peer-token-0123456789"}
     finally:
-        benchmark.stop_process_tree(process)
+        peer_process.stop_process_tree(process)
     assert not [pid for pid in tree if pid_alive(pid)], "the peer left processes behind"
 
 

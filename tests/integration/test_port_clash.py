@@ -1,13 +1,13 @@
 """A TorchServe whose port is taken between free_ports' check and its bind (the race no check can close) is
-started again by scripts/local_server.py on other ports: made to happen here with a real server."""
+started again by serving.launch on other ports: made to happen here with a real server."""
 from __future__ import annotations
 
 import socket
 
 import pytest
 
-from scripts import local_server
-from scripts.local_server import free_ports
+from serving import launch
+from serving.ports import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -28,9 +28,9 @@ def test_torchserve_whose_port_was_taken_starts_again_on_others(model_store, wor
         handed_out.append(ports)
         return ports
 
-    monkeypatch.setattr(local_server, "free_ports", ports_with_one_taken)
+    monkeypatch.setattr(launch, "free_ports", ports_with_one_taken)
     try:
-        server = local_server.start_server(model_store, workdir_factory(), "digits.mar")
+        server = launch.start(model_store, workdir_factory(), "digits.mar")
     finally:
         squatter.close()
     try:

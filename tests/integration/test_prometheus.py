@@ -16,10 +16,11 @@ import pytest
 import requests
 import yaml
 
-from scripts.local_server import PortClash, free_ports, port_taken, retry_port_clash
-from tests.conftest import ROOT, npy_bytes, png_bytes
-from tests.integration.gateways import HostGateway
-from tests.system import NGINX, PROMETHEUS, ensure_packages
+from serving.ports import PortClash, free_ports, port_taken, retry_port_clash
+from tests.support import ROOT
+from tests.support.images import npy_bytes, png_bytes
+from tests.support.gateways import HostGateway
+from tests.support.system import NGINX, PROMETHEUS, ensure_packages
 
 pytestmark = pytest.mark.integration
 

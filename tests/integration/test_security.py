@@ -16,10 +16,13 @@ import requests
 import torch
 import yaml
 
-from scripts import grpc_client
-from scripts.local_server import launch_server, package, pid_alive, start_server
-from scripts.serving import effective_properties
-from tests.conftest import ROOT, png_bytes
+from serving.rpc import client as grpc_client
+from serving import launch
+from serving.archive import package
+from serving.processes import pid_alive
+from serving.config import effective_properties
+from tests.support import ROOT
+from tests.support.images import png_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +62,7 @@ def test_archives_with_tampered_or_pickled_weights_never_serve(artifacts, model_
     checkpoint = torch.load(artifacts / "digit_cnn.pt", weights_only=True)
     torch.save({**checkpoint, "extra": Payload(marker)}, evil / "digit_cnn.pt")
     package(evil, store, "evil")
-    server = launch_server(store, workdir_factory(), "digits.mar,evil.mar")
+    server = launch.launch(store, workdir_factory(), "digits.mar,evil.mar")
     refusals = ["refusing to load digit_cnn.pt: SHA-256", "tampered or corrupted weights", "Weights only load failed",
                 "posix.system"]
     try:
@@ -180,7 +183,7 @@ class ShortKeyServer:
             shipped = (ROOT / "config.properties").read_text()
             assert "token_expiration_min=60\n" in shipped
             config.write_text(shipped.replace("token_expiration_min=60\n", "token_expiration_min=0.5\n"))
-            self.server = start_server(self.store, self.workdir, "digits.mar", config=config)
+            self.server = launch.start(self.store, self.workdir, "digits.mar", config=config)
             keys = json.loads(self.server.endpoints.key_file.read_text())
             self.first = {"inference": keys["inference"]["key"], "API": keys["API"]["key"]}
             self.first["status"] = self.status(self.first["inference"])

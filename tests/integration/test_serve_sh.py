@@ -16,19 +16,21 @@ import psutil
 import pytest
 import requests
 
-from scripts.local_server import free_ports
-from tests.conftest import ROOT, png_bytes
+from serving.ports import free_ports
+from tests.support import ROOT
+from tests.support.images import png_bytes
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def checkout(model_store, workdir_factory) -> tuple[Path, dict]:
-    """A minimal copy of the repository (scripts, configs, the store, .venv linked) and serve.sh's environment."""
+    """A minimal copy of the repository (scripts, the serving library, configs, the store, .venv linked) and serve.sh's environment."""
     root = workdir_factory()
     for name in ("config.properties", "log4j2.xml", "metrics.yaml"):
         shutil.copy(ROOT / name, root / name)
-    shutil.copytree(ROOT / "scripts", root / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("scripts", "serving"):
+        shutil.copytree(ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
     (root / "model_store").mkdir()
     shutil.copy(model_store / "digits.mar", root / "model_store" / "digits.mar")
     (root / ".venv").symlink_to(Path(sys.executable).parent.parent)

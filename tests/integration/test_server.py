@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import requests
 
-from tests.conftest import ROOT, npy_bytes, png_bytes
-from tests.integration import bad_inputs
+from tests.support import ROOT
+from tests.support.images import npy_bytes, png_bytes
+from tests.support import bad_inputs
 from tests.integration.conftest import BATCH_MODEL
-from tests.tolerances import ACCURACY_FLOOR
+from tests.support.tolerances import ACCURACY_FLOOR
 
 pytestmark = pytest.mark.integration
 
@@ -242,7 +243,7 @@ def test_too_many_images_get_413_and_bad_ones_a_400_naming_the_image(server, tes
 def test_a_body_over_max_request_size_gets_413_from_the_frontend(server, test_split):
     """Refused by TorchServe's HTTP layer (Netty) before any worker sees it: 413 with an empty body (the frontend
     writes none; documented in README "Bad input"), and the workers go on answering."""
-    from scripts.serving import effective_properties
+    from serving.config import effective_properties
 
     limit = int(effective_properties(environ=server.env)["max_request_size"])
     pids = sorted(server.worker_pids("digits"))

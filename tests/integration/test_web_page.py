@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.web.browser import browser_session, strokes_of
+from tests.support.browser import browser_session, strokes_of
 
 pytestmark = pytest.mark.integration
 

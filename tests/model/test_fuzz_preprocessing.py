@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from handler import digit_handler
 from model import preprocessing
 from model.preprocessing import InputError
-from tests.conftest import encode, sklearn_scans_u8
+from tests.support.images import encode, sklearn_scans_u8
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 LOW = (0.0 - preprocessing.MEAN) / preprocessing.STD

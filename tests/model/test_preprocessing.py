@@ -6,7 +6,7 @@ from PIL import Image
 
 from model import preprocessing
 from model.preprocessing import InputError
-from tests.conftest import encode, npy_bytes, png_bytes, png_header_only, sklearn_scans_u8
+from tests.support.images import encode, npy_bytes, png_bytes, png_header_only, sklearn_scans_u8
 
 
 def digit_seven(size: int = 28, ink: int = 255, background: int = 0) -> np.ndarray:

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from scripts.local_server import package
-from tests.system import NGINX, ensure_packages
+from serving.archive import package
+from tests.support.system import NGINX, ensure_packages
 
 
 @pytest.fixture(scope="module")
 def open_gateway(artifacts, tmp_path_factory):
-    """gateway/run.py --no-client-credential on 127.0.0.1: TorchServe, nginx, the page at /. For the module that
+    """python -m gateway --no-client-credential on 127.0.0.1: TorchServe, nginx, the page at /. For the module that
     uses it only: an idle TorchServe would compete for the two cores with the tests after it."""
-    from tests.integration.gateways import HostGateway
+    from tests.support.gateways import HostGateway
 
     ensure_packages(NGINX)
     store = tmp_path_factory.mktemp("web_model_store")
@@ -26,13 +26,13 @@ def open_gateway(artifacts, tmp_path_factory):
                                 "--drain-seconds", "0")
     yield gateway
     status, alive = gateway.stop()
-    assert status == 0, f"gateway/run.py exited {status} on SIGTERM:\n{gateway.log_tail()}"
-    assert not alive, f"processes left behind by gateway/run.py: {alive}"
+    assert status == 0, f"the gateway exited {status} on SIGTERM:\n{gateway.log_tail()}"
+    assert not alive, f"processes left behind by the gateway: {alive}"
     shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from tests.web.browser import browser_session
+    from tests.support.browser import browser_session
 
     yield from browser_session()

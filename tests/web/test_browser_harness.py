@@ -10,8 +10,8 @@ from _pytest.outcomes import Failed, Skipped
 from selenium import webdriver
 from selenium.common.exceptions import SessionNotCreatedException
 
-from tests import system
-from tests.web.browser import Browser
+from tests.support import system
+from tests.support.browser import Browser
 
 PACKAGES = system.CHROMIUM  # Browser() installs them first; installed in the background from collection on
 

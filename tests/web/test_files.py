@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 WEB = ROOT / "web"
 

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import requests
 
-from tests.conftest import ROOT, png_bytes
-from tests.web.browser import strokes_of
+from tests.support import ROOT
+from tests.support.images import png_bytes
+from tests.support.browser import strokes_of
 
 pytestmark = pytest.mark.integration
 

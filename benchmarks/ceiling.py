@@ -1,0 +1,70 @@
+"""The raw in-process ceiling: the worker's model, batched forward, no server; and the handler's preprocessing cost."""
+from __future__ import annotations
+
+import multiprocessing
+import statistics
+import time
+from pathlib import Path
+
+RAW_BATCH = 64  # batch size of the raw in-process ceiling
+
+
+def _raw_worker(weights: str, threads: int, seconds: float, batch: int, queue) -> None:
+    import torch
+
+    from handler.digit_handler import load_model, optimize_for_cpu, predict
+
+    torch.set_num_threads(threads)
+    model = optimize_for_cpu(load_model(weights, torch.device("cpu"))[0])
+    inputs = torch.randn(batch, 1, 28, 28)
+    predict(model, inputs)
+    count, deadline = 0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        predict(model, inputs)
+        count += batch
+    queue.put(count / seconds)
+
+
+def raw_throughput(weights: Path, processes: int, threads: int, seconds: float, batch: int = RAW_BATCH) -> float:
+    """Images/s of the batched forward pass, `processes` at once (as TorchServe's workers run), summed."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    workers = [context.Process(target=_raw_worker, args=(str(weights), threads, seconds, batch, queue))
+               for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    rates = [queue.get(timeout=seconds + 120) for _ in workers]
+    for worker in workers:
+        worker.join()
+    return sum(rates)
+
+
+def preprocessing_cost(png: bytes, npy: bytes, resolution: int, repeat: int) -> dict:
+    """Median microseconds per image for the handler's input path (parse_request, then preprocess): PNG bytes alone
+    (a lone request), 16 PNG requests preprocessed together (a full TorchServe batch), and .npy frames."""
+    import torch
+
+    from handler.digit_handler import parse_request, preprocess
+
+    torch.set_num_threads(1)
+    timings: dict[str, list[float]] = {"png_us": [], "png_batch16_us": [], "npy_frame_us": []}
+    frames = len(parse_request({"body": npy}, 3, 10).images)
+    for _ in range(repeat):
+        start = time.perf_counter()
+        preprocess([parse_request({"body": png}, 3, 10)], resolution)
+        timings["png_us"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        preprocess([parse_request({"body": png}, 3, 10) for _ in range(16)], resolution)
+        timings["png_batch16_us"].append((time.perf_counter() - start) / 16)
+        start = time.perf_counter()
+        preprocess([parse_request({"body": npy}, 3, 10)], resolution)
+        timings["npy_frame_us"].append((time.perf_counter() - start) / frames)
+    return {name: statistics.median(values) * 1e6 for name, values in timings.items()}
+
+
+def weights_resolution(weights: Path) -> int:
+    import torch
+
+    from handler.digit_handler import checkpoint_resolution
+
+    return checkpoint_resolution(torch.load(weights, map_location="cpu", weights_only=True))

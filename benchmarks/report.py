@@ -1,0 +1,107 @@
+"""The benchmark's report: the table it prints and the latency plot it writes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def print_table(results: dict) -> None:
+    if results["runs"]:
+        print(f"\n{'setting':<28} {'req/s':>8} {'images/s':>9} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'errors':>6}")
+    for run in results["runs"]:
+        latency = run["latency_us"]
+        print(f"{run['name']:<28} {run['requests_per_s']:>8.0f} {run['images_per_s']:>9.0f} "
+              f"{latency['p50'] / 1e3:>7.2f} {latency['p90'] / 1e3:>7.2f} {latency['p99'] / 1e3:>7.2f} "
+              f"{run['error_count']:>6}")
+    split = next((run["split_ms"] for run in results["runs"] if run.get("split_ms")), None)
+    if split:
+        print(f"\na lone request (concurrency 1), mean ms from TorchServe's counters: client {split['client']:.2f} = "
+              f"to the frontend and back {split['client_to_frontend']:.2f} + frontend {split['frontend']:.2f} "
+              f"(queue {split['queue']:.2f} + handler {split['handler']:.2f} + TorchServe's hop "
+              f"{split['torchserve_hop']:.2f}); {split['requests_per_batch']:.2f} requests per batch")
+    peer = results.get("peer")
+    if peer:
+        print(f"\nthe peer ({peer['server']}), and TorchServe / peer:")
+        print(f"{'setting':<28} {'req/s':>8} {'images/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}"
+              f" {'x req/s':>8} {'x p50':>6} {'x p99':>6}")
+        for ours, theirs in zip(results["runs"], peer["runs"]):
+            latency, mine = theirs["latency_us"], ours["latency_us"]
+            print(f"{theirs['name']:<28} {theirs['requests_per_s']:>8.0f} {theirs['images_per_s']:>9.0f} "
+                  f"{latency['p50'] / 1e3:>7.2f} {latency['p99'] / 1e3:>7.2f} {theirs['error_count']:>6} "
+                  f"{ours['requests_per_s'] / theirs['requests_per_s']:>8.2f} "
+                  f"{mine['p50'] / latency['p50']:>6.2f} {mine['p99'] / latency['p99']:>6.2f}")
+    raw = results["raw"]
+    if raw:
+        print(f"\nraw in-process ceiling: {raw['images_per_s']:.0f} images/s (batch {raw['batch']}, "
+              f"{raw['processes']} processes x {raw['threads']} thread)")
+        print(f"preprocessing per image: PNG {raw['preprocessing']['png_us']:.0f} us alone, "
+              f"{raw['preprocessing']['png_batch16_us']:.0f} us in a batch of 16, "
+              f".npy frame {raw['preprocessing']['npy_frame_us']:.0f} us")
+        multi = [run for run in results["runs"] if run["images_per_request"] > 1]
+        if multi:
+            print(f"multi-image requests: {multi[0]['images_per_s']:.0f} images/s = "
+                  f"{multi[0]['images_per_s'] / raw['images_per_s']:.0%} of the raw ceiling")
+    overloaded = results.get("overload")
+    if overloaded:
+        print(f"\noverload: concurrency {overloaded['concurrency']} for {overloaded['seconds']:.0f} s, "
+              f"{overloaded['requests_per_s']:.0f} req/s: {overloaded['answered_200']} answered 200, "
+              f"{overloaded['answered_503']} 503 (queue full), {overloaded['other_status']} other status, "
+              f"{overloaded['socket_errors']} socket errors, {overloaded['timeouts']} timeouts; "
+              f"p50 {overloaded['p50_us'] / 1e3:.1f} ms, p99 {overloaded['p99_us'] / 1e3:.0f} ms, "
+              f"max {overloaded['max_latency_us'] / 1e3:.0f} ms; {overloaded['worker_restarts']} worker restarts")
+    soaked = results["soak"]
+    if soaked:
+        print(f"\nsoak: {soaked['requests']} requests at concurrency {soaked['concurrency']} "
+              f"in {soaked['seconds']:.0f} s "
+              f"({soaked['requests_per_s']:.0f} req/s, p99 {soaked['p99_us'] / 1e3:.1f} ms, "
+              f"max {soaked['max_latency_us'] / 1e3:.0f} ms): {soaked['errors']} errors, "
+              f"{soaked['wrong_answers']} wrong answers")
+        for name, before in soaked["rss_before_mib"].items():
+            after = soaked["rss_after_mib"].get(name, float("nan"))
+            print(f"  RSS {name:<14} {before:7.1f} -> {after:7.1f} MiB ({(after - before) / before:+.1%})")
+    recovered = results["recovery"]
+    if recovered:
+        print(f"\nkill -9 of a worker under load (concurrency {recovered['concurrency']}), {recovered['kills']} times: "
+              f"replaced after median {recovered['median_s']:.1f} s, max {recovered['max_s']:.1f} s; "
+              f"{recovered['failed_requests']} requests failed "
+              f"({', '.join(f'{kind} {count}' for kind, count in recovered['failures_by_kind'].items() if count)}); "
+              f"slowest answer {recovered['max_latency_us'] / 1e3:.0f} ms")
+    memory = results["memory"]
+    print()
+    for name, before in memory["after_warmup_mib"].items():
+        after = memory["at_end_mib"].get(name, float("nan"))
+        print(f"RSS {name:<14} {before:7.1f} MiB after warm-up, {after:7.1f} MiB after "
+              f"{memory['requests']} requests ({(after - before) / before:+.1%})")
+    if results["profile_worker_at_c64"]:
+        print("\none worker at concurrency 64 (py-spy, share of samples inside each function):")
+        for entry in results["profile_worker_at_c64"][:18]:
+            print(f"  {entry['share']:6.1%}  {entry['function']}")
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    peer = results.get("peer")
+    for who, all_runs, colour in (("TorchServe", results["runs"], "tab:blue"),
+                                  ("FastAPI peer", peer["runs"] if peer else [], "tab:orange")):
+        runs = [run for run in all_runs if run["images_per_request"] == 1]
+        if not runs:
+            continue
+        for key, style in (("p50", "o-"), ("p99", "^:")):
+            axis.plot([run["requests_per_s"] for run in runs], [run["latency_us"][key] / 1e3 for run in runs], style,
+                      color=colour, label=f"{who} {key}")
+        for run in runs:
+            axis.annotate(f"c={run['concurrency']}", (run["requests_per_s"], run["latency_us"]["p99"] / 1e3),
+                          textcoords="offset points", xytext=(4, 4), fontsize=8, color=colour)
+    axis.set_xlabel("throughput (requests/s)")
+    axis.set_ylabel("latency (ms)")
+    axis.set_yscale("log")
+    axis.set_title("single-image PNG requests, 2 workers each")
+    axis.legend()
+    axis.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
