@@ -5,8 +5,8 @@ that depends on the weights (accuracy floors, the digits a test expects right, i
 must hold for it too. This trains models with other initial seeds and thread counts on the tests' split (seed 0's)
 and prints what each check sees, so a bound can be set with margin from the worst of them:
 
-    python -m tests.tolerances                          # seeds 0-5 with 2 threads, seeds 0-2 with 1 thread (~6 min)
-    python -m tests.tolerances --seeds 0 1 --threads 1  # fewer
+    python -m tests.support.tolerances                  # seeds 0-5 with 2 threads, seeds 0-2 with 1 thread (~6 min)
+    python -m tests.support.tolerances --seeds 0 1 --threads 1  # fewer
     DIGITS_TEST_MODEL_DIR=/tmp/digits-tolerances/s3-t2 make test   # then the whole suite on one of them
 """
 from __future__ import annotations
