@@ -1,6 +1,6 @@
 """Benchmark the bundle: TorchServe under load from wrk, against the raw in-process ceiling of the same model.
 
-    python -m benchmarks                     # full run (a few minutes): the README's performance table
+    python -m benchmarks                     # full run (a few minutes): docs/performance.md's tables
     python -m benchmarks --quick             # under a minute: proves the benchmark works
     python -m benchmarks --only soak         # only the soak: >= 50,000 checked requests at concurrency 32
     python -m benchmarks --only recovery     # only the kill -9 recovery measurement
@@ -30,7 +30,7 @@ one thread, keep-alive connections, on this same machine:
     TorchServe / peer beside every figure. TorchServe stays up, idle, while the peer runs.
 
 With --profile it also samples one worker with py-spy during the concurrency-64 run and reports where its time
-goes (the share of samples inside each function): the "what limits it" of the README comes from there.
+goes (the share of samples inside each function): docs/performance.md's "what limits it" comes from there.
 
 The parts: inputs.py (the digits sent), load.py (wrk: load settings, soak, overload, recovery), counters.py
 (TorchServe's own counters, the latency split, RSS), ceiling.py (the raw in-process ceiling, preprocessing cost),

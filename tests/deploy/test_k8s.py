@@ -477,8 +477,9 @@ def test_cpu_overlay_asks_for_no_gpu(render):
 
 
 def test_the_readmes_deploy_what_these_tests_render():
-    """Every `kubectl apply -k DIR` / `-f FILE` in the READMEs names a kustomization (or file) checked here."""
-    texts = (ROOT / "README.md").read_text() + (K8S / "README.md").read_text()
+    """Every `kubectl apply -k DIR` / `-f FILE` in the READMEs and docs/ names a kustomization (or file) checked here."""
+    pages = [ROOT / "README.md", K8S / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    texts = "".join(page.read_text() for page in pages)
     applied = set(re.findall(r"kubectl apply -k (deploy/k8s/\S+)", texts))
     assert applied and {path.removeprefix("deploy/k8s/").rstrip("/") for path in applied} <= set(KUSTOMIZATIONS)
     for path in re.findall(r"kubectl apply -f (deploy/k8s/\S+)", texts):

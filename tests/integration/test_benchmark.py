@@ -70,7 +70,7 @@ def test_quick_benchmark_measures_every_setting(model_store, tmp_path):
     recovered = results["recovery"]
     assert recovered["kills"] == 1 and recovered["max_s"] < 30
     assert recovered["failed_requests"] <= load.RECOVERY_CONCURRENCY  # at most the requests in flight
-    # "Answered at once" (README): no request waited out wrk's 10 s timeout, and the slowest took under 5 s.
+    # "Answered at once" (docs/performance.md "Overload"): no request waited out wrk's 10 s timeout, and the slowest took under 5 s.
     assert recovered["failures_by_kind"].get("timeout", 0) == 0 and recovered["max_latency_us"] < 5e6, recovered
     profile = results["profile_worker_at_c64"]  # py-spy samples of a worker: the handler must show up
     assert profile and all(0 < entry["share"] <= 1 for entry in profile)

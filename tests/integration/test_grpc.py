@@ -87,7 +87,7 @@ def test_grpc_predictions_equal_rest_predictions(server, channel, test_split):
 @pytest.mark.parametrize("name", list(bad_inputs.REFUSED))
 def test_bad_input_gets_an_error_body_and_the_worker_survives(server, channel, test_split, name):
     """The REST matrix over gRPC. TorchServe's gRPC path drops per-request status codes: the error is the same
-    JSON body as REST's 400, with status OK (README "gRPC"); grpc_client.py turns it into a failure."""
+    JSON body as REST's 400, with status OK (docs/grpc-and-oip.md "gRPC"); scripts/grpc_client.py turns it into a failure."""
     data = bad_inputs.refused_bodies(test_split[0][0])[name]
     pids = sorted(server.worker_pids("digits"))
     answer = grpc_client.predict(channel, server.inference_token, "digits", None, data, TIMEOUT)
@@ -170,7 +170,7 @@ def test_a_message_over_max_request_size_is_refused_and_the_server_stays_healthy
     with grpc_client.open_channel(server.endpoints.grpc_inference, 2 * limit, limit) as unlimited:
         with pytest.raises(grpc.RpcError) as refused:
             grpc_client.predict(unlimited, server.inference_token, "digits", None, b"\0" * (limit + 1), TIMEOUT)
-    # TorchServe's gRPC server resets the stream (RST_STREAM CANCEL): the client sees CANCELLED (README "gRPC").
+    # TorchServe's gRPC server resets the stream (RST_STREAM CANCEL): the client sees CANCELLED (docs/grpc-and-oip.md "gRPC").
     assert refused.value.code() == grpc.StatusCode.CANCELLED and "RST_STREAM" in refused.value.details(), refused.value
     assert grpc_client.ping(channel, server.inference_token, TIMEOUT) == "Healthy"
 

@@ -158,7 +158,7 @@ def test_a_killed_worker_is_replaced_and_only_its_requests_fail(server, test_spl
     failures = [(round(started - killed_at, 2), outcome, round(seconds, 1))
                 for started, outcome, seconds in outcomes if outcome != "right"]
     assert len(failures) <= 4, failures  # at most the requests in flight (4 clients)
-    # README: each failure is a 5xx "answered at once", not after waiting out the response timeout (30 s): the
+    # docs/serving.md: each failure is a 5xx "answered at once", not after waiting out the response timeout (30 s): the
     # bound is a third of it (the answers come in milliseconds; a worker restarting beside them slows the machine).
     response_timeout = yaml.safe_load((ROOT / "handler" / "model-config.yaml").read_text())["responseTimeout"]
     assert all(isinstance(outcome, int) and outcome >= 500 and seconds < response_timeout / 3

@@ -242,7 +242,7 @@ def test_too_many_images_get_413_and_bad_ones_a_400_naming_the_image(server, tes
 
 def test_a_body_over_max_request_size_gets_413_from_the_frontend(server, test_split):
     """Refused by TorchServe's HTTP layer (Netty) before any worker sees it: 413 with an empty body (the frontend
-    writes none; documented in README "Bad input"), and the workers go on answering."""
+    writes none; documented in docs/serving.md "Bad input, crashes and long runs"), and the workers go on answering."""
     from serving.config import effective_properties
 
     limit = int(effective_properties(environ=server.env)["max_request_size"])
