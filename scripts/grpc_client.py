@@ -24,10 +24,10 @@ from pathlib import Path
 
 import grpc
 
-from serving.config import DEFAULT_CONFIG, DEFAULT_MODEL, KEY_FILE_NAME, Endpoints, effective_properties
+from serving.cli import add_client_arguments, client_token
+from serving.config import DEFAULT_MODEL, Endpoints, effective_properties
 from serving.rpc.client import (TOKEN_CODES, UNREACHABLE_CODES, Answer, classify_file, describe_rpc_error,
                                 message_limits, open_channel, ping, predict, stream)
-from serving.tokens import read_token
 
 
 def print_answers(answers: list[Answer], as_json: bool) -> None:
@@ -59,11 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Call the running TorchServe over gRPC.", formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TorchServe config.properties")
-    parser.add_argument("--key-file", type=Path, default=None, help=f"TorchServe's key file (default: {KEY_FILE_NAME} in the repo root)")
-    parser.add_argument("--token-file", type=Path, default=None,
-                        help="a file holding the bearer token itself, e.g. the gateway's client credential "
-                        "(instead of TorchServe's inference key from --key-file)")
+    add_client_arguments(parser)
     parser.add_argument("--target", default=None, help="gRPC inference host:port (default: from --config)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -86,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     endpoints = Endpoints.from_config(args.config, args.key_file)
     target = args.target or endpoints.grpc_inference
     max_request, max_response = message_limits(effective_properties(args.config))
-    token = args.token_file.read_text().strip() if args.token_file else read_token(endpoints.key_file, "inference")
+    token = client_token(args, endpoints)
     with open_channel(target, max_request, max_response) as channel:
         if args.command == "ping":
             try:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import requests
 
-from serving.config import DEFAULT_CONFIG, DEFAULT_MODEL, KEY_FILE_NAME, Endpoints
+from serving.cli import add_client_arguments, client_token
+from serving.config import DEFAULT_MODEL, Endpoints
 from serving.rest import TokenRefused, classify
-from serving.tokens import read_token
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,11 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("files", nargs="+", type=Path, help="image files (PNG, JPEG, BMP, GIF, WEBP)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model name (add /VERSION for a version)")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TorchServe config.properties")
-    parser.add_argument("--key-file", type=Path, default=None, help=f"TorchServe's key file (default: {KEY_FILE_NAME} in the repo root)")
-    parser.add_argument("--token-file", type=Path, default=None,
-                        help="a file holding the bearer token itself, e.g. the gateway's client credential "
-                        "(instead of TorchServe's inference key from --key-file)")
+    add_client_arguments(parser)
     parser.add_argument("--url", default=None, help="inference address (default: from --config)")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
@@ -45,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"predict.py: no such file: {', '.join(missing)}", file=sys.stderr)
         return 1
-    token = args.token_file.read_text().strip() if args.token_file else read_token(endpoints.key_file, "inference")
+    token = client_token(args, endpoints)
 
     session = requests.Session()
     adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(args.concurrency, 1))

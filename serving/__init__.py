@@ -12,6 +12,7 @@ tests share.
                 benchmark and the tests all call it)
     management  the management API over REST and gRPC, worker counts, scaling
     rpc         the gRPC inference client, and the stubs generated from TorchServe's protos
+    cli         the options every client's command line shares (server, token)
 
 model/ and handler/ never import it: they travel inside the .mar, and a worker must run the archive's code only.
 """

@@ -13,13 +13,12 @@ import grpc
 import numpy as np
 import pytest
 import requests
-from google.protobuf import empty_pb2
 
 from serving.rpc import client as grpc_client
-from serving.rpc.stubs import inference_pb2_grpc
 from tests.support import ROOT
 from tests.support.images import png_bytes
 from tests.support import bad_inputs
+from tests.support.grpc_calls import refusals
 
 pytestmark = pytest.mark.integration
 
@@ -88,14 +87,9 @@ def test_torchserves_own_key_is_not_a_gateway_credential(gateway, server, test_s
 
 @pytest.mark.parametrize("credential", [None, "wrong-credential-0123456789"], ids=["missing", "wrong"])
 def test_grpc_without_the_gateways_credential_is_unauthenticated(gateway, grpc_channel, test_split, credential):
-    metadata = [("authorization", f"Bearer {credential}")] if credential else []
-    stub = inference_pb2_grpc.InferenceAPIsServiceStub(grpc_channel)
-    request = grpc_client.prediction_request("digits", None, png_bytes(test_split[0][0]))
-    for call, message in ((stub.Ping, empty_pb2.Empty()), (stub.Predictions, request)):
-        with pytest.raises(grpc.RpcError) as refused:
-            call(message, metadata=metadata, timeout=TIMEOUT)
-        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert "missing or wrong credential" in refused.value.details()
+    for refused in refusals(grpc_channel, credential, png_bytes(test_split[0][0]), TIMEOUT):
+        assert refused.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "missing or wrong credential" in refused.details()
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH", "OPTIONS"])

@@ -7,13 +7,13 @@ import sys
 import grpc
 import pytest
 import requests
-from google.protobuf import empty_pb2
 
 from serving.rpc import client as grpc_client
 from serving.rpc.stubs import inference_pb2_grpc, management_pb2, management_pb2_grpc
 from tests.support import ROOT
 from tests.support.images import png_bytes
 from tests.support import bad_inputs
+from tests.support.grpc_calls import refusals
 
 pytestmark = pytest.mark.integration
 
@@ -50,14 +50,9 @@ def test_ping_with_the_token(server, channel):
 
 @pytest.mark.parametrize("token", [None, "wrong-token"], ids=["missing", "wrong"])
 def test_calls_without_the_right_token_are_refused(server, channel, test_split, token):
-    metadata = [("authorization", f"Bearer {token}")] if token else []
-    stub = inference_pb2_grpc.InferenceAPIsServiceStub(channel)
-    request = grpc_client.prediction_request("digits", None, png_bytes(test_split[0][0]))
-    for call, message in ((stub.Ping, empty_pb2.Empty()), (stub.Predictions, request)):
-        with pytest.raises(grpc.RpcError) as refused:
-            call(message, metadata=metadata, timeout=TIMEOUT)
-        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert "Token Authorization failed" in refused.value.details()
+    for refused in refusals(channel, token, png_bytes(test_split[0][0]), TIMEOUT):
+        assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "Token Authorization failed" in refused.details()
 
 
 def test_inference_token_does_not_open_the_grpc_management_api(server):
