@@ -40,7 +40,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from handler import explanations, open_inference
 from handler.wire import (DecodedRequest, decode_base64, decode_body, decode_infer_request,  # noqa: F401
                           looks_like_json, parse_json_object, parse_request, parse_topk, read_body, request_payload)
-from model import preprocessing
+from model import checkpoint, preprocessing
 from model.digit_cnn import DigitCNN
 from model.preprocessing import InputError, InputTooLarge
 
@@ -103,18 +103,15 @@ def verify_weights(weights_path: str, digest_path: str) -> str:
     return actual
 
 
-def checkpoint_resolution(checkpoint: dict) -> int:
-    """The resolution the model was trained at (train.py records it beside the weights)."""
-    return int(checkpoint.get("preprocessing", {}).get("resolution", preprocessing.DIGIT_BOX))
+# The resolution the model was trained at, from load_model's record (scripts/peer_server.py and benchmark.py use it).
+checkpoint_resolution = checkpoint.training_resolution
 
 
 def load_model(weights_path: str, device: torch.device) -> tuple[DigitCNN, dict]:
-    """Rebuild the network from the architecture recorded beside its weights; tensors and plain data only."""
-    checkpoint = torch.load(weights_path, map_location="cpu", weights_only=True)
-    model = DigitCNN(**checkpoint["arch"])
-    model.load_state_dict(checkpoint["state_dict"], strict=True)
-    model.to(device).eval()
-    return model, checkpoint
+    """The network rebuilt from the architecture recorded beside its weights, and the checkpoint's record
+    (model/checkpoint.py: tensors and plain data only). Call verify_weights first."""
+    model, _, record = checkpoint.load_checkpoint(weights_path, device)
+    return model, record
 
 
 def optimize_for_cpu(model: torch.nn.Module) -> torch.nn.Module:
@@ -338,14 +335,14 @@ class DigitHandler(BaseHandler):
         except RuntimeError as error:
             logger.error("%s", error)  # the worker exits; TorchServe logs this line and retries with backoff
             raise
-        self.model, checkpoint = load_model(weights, self.device)
+        self.model, config, record = checkpoint.load_checkpoint(weights, self.device)
         # Explanations need gradients, which the frozen TorchScript copy does not keep: they use the eager network.
         self.eager_model = self.model
         optimized = bool(settings.get("optimize", True)) and self.device.type == "cpu"
         if optimized:
             self.model = optimize_for_cpu(self.model)
-        self.labels = load_labels(model_dir, checkpoint["arch"]["num_classes"])
-        self.resolution = checkpoint_resolution(checkpoint)
+        self.labels = load_labels(model_dir, config.num_classes)
+        self.resolution = checkpoint.training_resolution(record)
         self.topk = min(int(settings.get("topk", DEFAULT_TOPK)), len(self.labels))
         self.max_images = int(settings.get("max_images", preprocessing.MAX_IMAGES_PER_REQUEST))
         # TorchServe's worker logs "Backend received inference at ..." on the root logger for every batch;
