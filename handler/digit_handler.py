@@ -24,7 +24,6 @@ import io
 import json
 import logging
 import os
-import re
 import time
 import warnings
 from collections import Counter
@@ -42,7 +41,7 @@ from handler.wire import (DecodedRequest, decode_base64, decode_body, decode_inf
                           looks_like_json, parse_json_object, parse_request, parse_topk, read_body, request_payload)
 from model import checkpoint, preprocessing
 from model.digit_cnn import DigitCNN
-from model.preprocessing import InputError, InputTooLarge
+from model.preprocessing import InputError, InputTooLarge, Reason
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +162,7 @@ def preprocess(requests: list[DecodedRequest], resolution: int,
         stop = start + len(request.images)
         index, error = next(((index, error) for index, error in enumerate(errors[start:stop]) if error is not None),
                             (0, None))
-        refusals.append(InputError(f"image {index}: {error}") if error is not None and request.many else error)
+        refusals.append(error.in_image(index) if error is not None and request.many else error)
         start = stop
     return preprocessing.normalize(frames), refusals
 
@@ -196,7 +195,8 @@ def wants_explanation(request_headers: dict, row: dict) -> bool:
 
 def check_explained_count(request: DecodedRequest, limit: int = explanations.MAX_EXPLAINED_IMAGES) -> None:
     if len(request.images) > limit:
-        raise InputTooLarge(f"{len(request.images)} images to explain in one request; the limit is {limit}")
+        raise InputTooLarge(f"{len(request.images)} images to explain in one request; the limit is {limit}",
+                            Reason.TOO_MANY_IMAGES)
 
 
 def came_over_grpc(request_properties: dict) -> bool:
@@ -232,21 +232,7 @@ def format_error(code: int, message: str, error_type: str = "InputError") -> dic
     return {"code": code, "type": error_type, "message": message}
 
 
-# What a refusal was about, for the digits_refusals_total metric: the first message prefix that matches.
-REFUSAL_REASONS = (
-    (("empty body", "empty request", "no images in the request"), "empty_body"),
-    (("not an image", "text body is neither"), "not_an_image"),
-    (("unreadable image", "expected a 2-D grey image"), "unreadable_image"),
-    (("image too large",), "image_too_large"),
-    (("image too small",), "image_too_small"),
-    (("blank image",), "blank_image"),
-    (('"data" is not valid base64', '"data" must be a base64 string'), "bad_base64"),
-    (("invalid JSON", "JSON body", '"images" must be'), "bad_json"),
-    (("pixel array", "pixel values", "image holds NaN"), "bad_pixels"),
-    (("not a valid .npy", ".npy"), "bad_npy"),
-    (("topk",), "bad_topk"),
-)
-IMAGE_INDEX = re.compile(r"^(image \d+: )+")  # "image 3: not an image ..." in a multi-image request
+INTERNAL_REASON = "internal"  # the Reason label of a request refused by a bug (500); InputErrors carry their own
 HANDLER_TIME = "HandlerTime"  # TorchServe's standard gauge: ms the handler spent on the last batch
 RESOURCE_METRICS_SECONDS = 10.0  # how often a worker reports its memory and CPU time
 
@@ -265,16 +251,9 @@ def refusal_answer(error: Exception) -> tuple[int, str, dict, tuple[str, str]]:
 
 
 def refusal_reason(error: Exception) -> str:
-    """A refused request's reason, one of a fixed few (a metric label must not carry free text)."""
-    if isinstance(error, InputTooLarge):
-        return "too_many_images"
-    if not isinstance(error, InputError):
-        return "internal"
-    message = IMAGE_INDEX.sub("", str(error))
-    for prefixes, reason in REFUSAL_REASONS:
-        if message.startswith(prefixes):
-            return reason
-    return "bad_request"
+    """A refused request's Reason label: the reason its InputError was raised with (model/preprocessing.py Reason),
+    never its wording; "internal" for anything else. One of a fixed few: a metric label must not carry free text."""
+    return error.reason.value if isinstance(error, InputError) else INTERNAL_REASON
 
 
 def batch_metrics(accepted: list, refusals: list, predicted: list[str], preprocessing_ms: float) -> list[tuple]:

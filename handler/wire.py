@@ -19,7 +19,7 @@ import numpy as np
 
 from handler import open_inference
 from model import preprocessing
-from model.preprocessing import InputError
+from model.preprocessing import InputError, Reason
 
 
 @dataclass
@@ -46,32 +46,33 @@ def request_payload(row: dict) -> object:
     if not row:  # also what a form-urlencoded body (curl -d) becomes: TorchServe parses it as form fields
         raise InputError(
             "empty request: send the image as the raw body (curl --data-binary @digit.png "
-            "-H 'Content-Type: application/octet-stream', or curl -T digit.png), as multipart field 'data', or as JSON"
+            "-H 'Content-Type: application/octet-stream', or curl -T digit.png), as multipart field 'data', or as JSON",
+            Reason.EMPTY_BODY,
         )
-    raise InputError(f"expected one body or one form field named 'data', got fields {sorted(row)}")
+    raise InputError(f"expected one body or one form field named 'data', got fields {sorted(row)}", Reason.BAD_REQUEST)
 
 
 def parse_topk(value: object, num_classes: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= num_classes:
-        raise InputError(f"topk must be an integer from 1 to {num_classes}, got {value!r}")
+        raise InputError(f"topk must be an integer from 1 to {num_classes}, got {value!r}", Reason.BAD_TOPK)
     return value
 
 
 def decode_base64(text: object) -> bytes:
     if not isinstance(text, str):
-        raise InputError(f'"data" must be a base64 string, got {type(text).__name__}')
+        raise InputError(f'"data" must be a base64 string, got {type(text).__name__}', Reason.BAD_BASE64)
     if text.startswith("data:"):  # a browser's canvas.toDataURL(): data:image/png;base64,....
         text = text.partition(",")[2]
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise InputError('"data" is not valid base64') from None
+        raise InputError('"data" is not valid base64', Reason.BAD_BASE64) from None
 
 
 def decode_images_list(images: object, max_images: int) -> list[np.ndarray]:
     """JSON "images": a list of base64 images -> their grey images; an error names the image's index."""
     if not isinstance(images, list):
-        raise InputError(f'"images" must be a list of base64 images, got {type(images).__name__}')
+        raise InputError(f'"images" must be a list of base64 images, got {type(images).__name__}', Reason.BAD_JSON)
     preprocessing.check_image_count(len(images), max_images)
     return decode_each(images, lambda text: preprocessing.decode_grey(decode_base64(text)))
 
@@ -83,7 +84,7 @@ def decode_each(items: list, decode) -> list[np.ndarray]:
         try:
             greys.append(decode(item))
         except InputError as error:
-            raise InputError(f"image {index}: {error}") from None
+            raise error.in_image(index) from None
     return greys
 
 
@@ -92,7 +93,8 @@ def parse_json_object(document: object, default_topk: int, num_classes: int,
     """{"data": base64}, {"pixels": 28x28} or {"images": [base64, ...]} (+ optional "topk") -> DecodedRequest."""
     if not isinstance(document, dict):
         raise InputError(
-            f'JSON body must be an object with "data", "pixels" or "images", got {type(document).__name__}'
+            f'JSON body must be an object with "data", "pixels" or "images", got {type(document).__name__}',
+            Reason.BAD_JSON,
         )
     topk = parse_topk(document["topk"], num_classes) if "topk" in document else default_topk
     if "data" in document:
@@ -103,7 +105,8 @@ def parse_json_object(document: object, default_topk: int, num_classes: int,
         return DecodedRequest(decode_images_list(document["images"], max_images), topk, many=True)
     raise InputError(
         f'JSON body needs "data" (base64 image), "pixels" (28x28 array) or "images" (list of base64 images), '
-        f"got keys {sorted(document)}"
+        f"got keys {sorted(document)}",
+        Reason.BAD_JSON,
     )
 
 
@@ -127,12 +130,12 @@ def read_body(row: dict) -> bytes | object:
         try:
             return json.loads(payload)
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise InputError(f"invalid JSON: {error}") from None
+            raise InputError(f"invalid JSON: {error}", Reason.BAD_JSON) from None
     if isinstance(payload, str):
         try:
             return json.loads(payload)
         except json.JSONDecodeError:
-            raise InputError("text body is neither an image nor JSON") from None
+            raise InputError("text body is neither an image nor JSON", Reason.NOT_AN_IMAGE) from None
     return payload
 
 

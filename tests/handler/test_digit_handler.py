@@ -15,7 +15,7 @@ import train
 from handler import digit_handler
 from handler.digit_handler import DigitHandler
 from model import preprocessing
-from model.preprocessing import InputError
+from model.preprocessing import InputError, Reason
 from tests.conftest import ROOT, npy_bytes, png_bytes, sklearn_scans_u8
 from tests.integration import bad_inputs
 
@@ -452,7 +452,8 @@ def test_every_refusal_of_the_bad_input_matrix_has_its_own_reason(name, test_spl
 
 
 def test_refusal_reasons_of_multi_image_requests_and_limits():
-    assert digit_handler.refusal_reason(InputError("image 3: image 0: blank image: no digit found")) == "blank_image"
-    assert digit_handler.refusal_reason(preprocessing.InputTooLarge("300 images in one request")) == "too_many_images"
+    blank = InputError("blank image: no digit found", Reason.BLANK_IMAGE)
+    assert digit_handler.refusal_reason(blank.in_image(0).in_image(3)) == "blank_image"
+    too_many = preprocessing.InputTooLarge("300 images in one request", Reason.TOO_MANY_IMAGES)
+    assert digit_handler.refusal_reason(too_many) == "too_many_images"
     assert digit_handler.refusal_reason(RuntimeError("bug")) == "internal"
-    assert digit_handler.refusal_reason(InputError("something new")) == "bad_request"
