@@ -37,6 +37,7 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler import explanations, open_inference
+from handler.batch import BatchRequest
 from handler.wire import (DecodedRequest, decode_base64, decode_body, decode_infer_request,  # noqa: F401
                           looks_like_json, parse_json_object, parse_request, parse_topk, read_body, request_payload)
 from model import checkpoint, preprocessing
@@ -143,8 +144,58 @@ def load_labels(model_dir: str, num_classes: int) -> list[str]:
     return labels
 
 
-# ---------------------------------------------------------------- per-request functions
-# Reading a request (wire format -> decoded images) lives in handler/wire.py: parse_request and its helpers.
+# ---------------------------------------------------------------- one batch: read -> preprocess -> predict -> format
+# Reading a request (wire format -> decoded images) lives in handler/wire.py: parse_request and its helpers. Each
+# request of a batch is carried through the steps as a BatchRequest (handler/batch.py).
+
+
+def read_request(idx: int, row: dict, headers: dict, default_topk: int, num_classes: int,
+                 max_images: int) -> BatchRequest:
+    """Read: request `idx` of a batch (its row and TorchServe's request headers) -> its decoded images, or the error
+    that refuses it: an InputError (400, 413), or any other exception (a bug: logged, and a 500 for this request
+    alone, never for the batch)."""
+    request = BatchRequest(grpc=came_over_grpc(headers), explain=wants_explanation(headers, row))
+    try:
+        request.body = read_body(row)
+        if open_inference.is_infer_request(request.body):
+            request.infer = open_inference.parse_infer_request(request.body, max_images, request.explain)
+            request.decoded = decode_infer_request(request.infer)
+        else:
+            request.decoded = decode_body(request.body, default_topk, num_classes, max_images)
+        if request.explain:
+            check_explained_count(request.decoded)
+    except Exception as error:  # InputError: 400/413; a bug costs this request alone (500), never the batch
+        if not isinstance(error, InputError):
+            logger.exception("unexpected error parsing request %d", idx)
+        request.refusal = error
+    return request
+
+
+def preprocess_batch(requests: list[BatchRequest], resolution: int,
+                     device: torch.device | str | None = None) -> torch.Tensor:
+    """Preprocess: the images of requests read -> the network inputs of those that remain answered, in order. A
+    request with an image that preprocessing refuses (blank) gets that refusal; each other one its `rows` in the
+    inputs. One batched call (`preprocess`); after an unexpected error in it, one call per request, so that the
+    error costs only the request it belongs to."""
+    decoded = [request.decoded for request in requests]
+    try:
+        inputs, refusals = preprocess(decoded, resolution, device)
+    except Exception:  # a bug: find the request it belongs to, so that it costs that request alone
+        logger.exception("unexpected error preprocessing a batch; preprocessing its requests one by one")
+        inputs, refusals = preprocess_one_by_one(decoded, resolution, device)
+    kept: list[int] = []
+    start = 0
+    for request, refusal in zip(requests, refusals):
+        count = len(request.decoded.images)
+        if refusal is None:
+            request.rows = range(len(kept), len(kept) + count)
+            kept += range(start, start + count)
+        else:
+            request.refusal = refusal
+        start += count
+    if len(kept) == len(inputs):
+        return inputs
+    return inputs[torch.tensor(kept, dtype=torch.long, device=inputs.device)]
 
 
 def preprocess(requests: list[DecodedRequest], resolution: int,
@@ -228,6 +279,28 @@ def format_ranked(values: list[float], indices: list[int], labels: list[str]) ->
     return {**ranked[0], "topk": ranked}
 
 
+def format_answer(request: BatchRequest, probabilities: torch.Tensor, values: list[list[float]],
+                  indices: list[list[int]], labels: list[str], model_name: str,
+                  model_version: str) -> tuple[dict, list[str]]:
+    """Format: an answered request's body, from its `rows` of the batch's probabilities and their ranking (values and
+    class indices, best first, at least as many per row as its topk), and the best label of each of its images.
+    An Open Inference Protocol request gets the protocol's answer, any other one TorchServe-style answers."""
+    rows = request.rows
+    explanation = request.explanation
+    if request.infer is not None:
+        best = [labels[indices[row][0]] for row in rows]
+        answer = open_inference.format_infer_response(
+            request.infer, model_name, model_version, probabilities[rows.start:rows.stop].tolist(), best,
+            [fields["attributions"] for fields in explanation] if explanation else None,
+            [fields["image"] for fields in explanation] if explanation else None)
+        return answer, best
+    topk = request.decoded.topk
+    answers = [format_ranked(values[row][:topk], indices[row][:topk], labels) for row in rows]
+    for answer, fields in zip(answers, explanation):
+        answer.update(fields)
+    return ({"predictions": answers} if request.decoded.many else answers[0]), [answer["label"] for answer in answers]
+
+
 def format_error(code: int, message: str, error_type: str = "InputError") -> dict:
     return {"code": code, "type": error_type, "message": message}
 
@@ -248,6 +321,19 @@ def refusal_answer(error: Exception) -> tuple[int, str, dict, tuple[str, str]]:
         status, phrase = 500, "Internal Server Error"
         body = format_error(500, "internal error while reading the input", "InternalError")
     return status, phrase, body, (body["type"], refusal_reason(error))
+
+
+def format_refusal(request: BatchRequest, model_name: str, model_version: str) -> tuple[int, str, dict]:
+    """Format: a refused request's HTTP status, reason phrase and body; a v2 request's body in the Open Inference
+    Protocol's shape (in band over gRPC, where TorchServe drops per-request statuses)."""
+    status, phrase, body, _ = refusal_answer(request.refusal)
+    if open_inference.is_infer_request(request.body):
+        if request.grpc:
+            request_id = request.body.get("id") if isinstance(request.body.get("id"), str) else ""
+            body = open_inference.format_grpc_error(request_id, model_name, model_version, status, body["message"])
+        else:
+            body = open_inference.format_error(body["message"])
+    return status, phrase, body
 
 
 def refusal_reason(error: Exception) -> str:
@@ -365,100 +451,73 @@ class DigitHandler(BaseHandler):
                 ("digits_worker_cpu_seconds_total", round(used, 3), worker)]
 
     def handle(self, data, context):
-        """read -> preprocess -> predict -> format: each request read on its own, the batch's images through the
-        geometry in one call and the network in one forward pass, one answer (or refusal) per request."""
-        results: list = [None] * len(data)
-        accepted: list[tuple[int, DecodedRequest]] = []
-        infer_requests: dict[int, open_inference.InferRequest] = {}  # request index -> its v2 request
-        bodies: dict[int, object] = {}  # request index -> its body as read (a refusal of a v2 request is v2-shaped)
-        grpc_requests: set[int] = set()
-        explained: set[int] = set()  # request indices that asked why (explanations)
-        refusals: list[tuple[str, str]] = []
+        """read -> preprocess -> predict -> format: each request read on its own, the images of all through the
+        geometry in one call and the network in one forward pass; one result per request, in order. A refused
+        request gets its own 4xx (or, for a bug, 500) answer; the rest of the batch is answered."""
         started = time.perf_counter()
-        batch_size = str(len(data))
         self.batches += 1
-        batch_id = f"{self.process.pid}-{self.batches}"
-
-        def refuse(idx: int, error: Exception) -> None:
-            status, phrase, body, counted = refusal_answer(error)
-            if open_inference.is_infer_request(bodies.get(idx)):  # a v2 request: the protocol's error shape
-                body = self.infer_refusal(bodies[idx], idx in grpc_requests, status, body["message"])
-            context.set_response_status(status, phrase, idx)
-            results[idx] = json.dumps(body)
-            refusals.append(counted)
-
-        for idx, row in enumerate(data):
-            headers = context.get_all_request_header(idx)
-            context.set_response_content_type(idx, JSON_CONTENT_TYPE)
-            context.set_response_header(idx, BATCH_SIZE_HEADER, batch_size)
-            context.set_response_header(idx, BATCH_ID_HEADER, batch_id)
-            if came_over_grpc(headers):
-                grpc_requests.add(idx)
-                context.set_response_header(idx, STREAM_NEXT_HEADER, "false")
-            explain = wants_explanation(headers, row)
-            try:
-                body = bodies[idx] = read_body(row)
-                if open_inference.is_infer_request(body):
-                    infer_requests[idx] = open_inference.parse_infer_request(body, self.max_images, explain)
-                    request = decode_infer_request(infer_requests[idx])
-                else:
-                    request = decode_body(body, self.topk, len(self.labels), self.max_images)
-                if explain:
-                    check_explained_count(request)
-                    explained.add(idx)
-                accepted.append((idx, request))
-            except Exception as error:  # InputError: 400/413; a bug costs this request alone (500), never the batch
-                if not isinstance(error, InputError):
-                    logger.exception("unexpected error parsing request %d", idx)
-                refuse(idx, error)
-        decoded = [request for _, request in accepted]
-        try:
-            inputs, refused = preprocess(decoded, self.resolution, self.device)
-        except Exception:  # a bug: find the request it belongs to, so that it costs that request alone
-            logger.exception("unexpected error preprocessing a batch; preprocessing its requests one by one")
-            inputs, refused = preprocess_one_by_one(decoded, self.resolution, self.device)
-        answered, rows, start = [], [], 0
-        for (idx, request), refusal in zip(accepted, refused):
-            if refusal is None:
-                answered.append((idx, request))
-                rows += range(start, start + len(request.images))
-            else:
-                refuse(idx, refusal)
-            start += len(request.images)
+        requests = [read_request(idx, row, context.get_all_request_header(idx), self.topk, len(self.labels),
+                                 self.max_images) for idx, row in enumerate(data)]
+        accepted = [request for request in requests if request.answered]
+        inputs = preprocess_batch(accepted, self.resolution, self.device)
         preprocessing_ms = (time.perf_counter() - started) * 1000.0
-        predicted: list[str] = []
+        answered = [request for request in accepted if request.answered]
         if answered:
-            batch = inputs if len(rows) == len(inputs) else inputs[torch.tensor(rows, device=inputs.device)]
-            probabilities = predict(self.model, batch.to(self.device)).cpu()
-            # One topk and one tolist for the whole batch: per-row torch calls cost more than the model here.
-            values, indices = torch.topk(probabilities, max(request.topk for _, request in answered))
-            values, indices = values.tolist(), indices.tolist()
-            why = self.explain_batch(batch, indices, answered, explained) if explained else {}
-            start = 0
-            for idx, request in answered:
-                span = range(start, start + len(request.images))
-                start += len(request.images)
-                if idx in infer_requests:
-                    labels = [self.labels[indices[row][0]] for row in span]
-                    fields = why.get(idx, [])
-                    answer = open_inference.format_infer_response(
-                        infer_requests[idx], self.model_name, self.model_version,
-                        probabilities[span.start:span.stop].tolist(), labels,
-                        [field["attributions"] for field in fields] if fields else None,
-                        [field["image"] for field in fields] if fields else None)
-                    results[idx] = json.dumps(answer)
-                    predicted += labels
-                    continue
-                answers = [format_ranked(values[row][: request.topk], indices[row][: request.topk], self.labels)
-                           for row in span]
-                for answer, fields in zip(answers, why.get(idx, [])):
-                    answer.update(fields)
-                results[idx] = json.dumps({"predictions": answers} if request.many else answers[0])
-                predicted += [answer["label"] for answer in answers]
-        rows = batch_metrics([request for _, request in answered], refusals, predicted, preprocessing_ms)
+            self.predict_batch(answered, inputs)
+        batch_size, batch_id = str(len(data)), f"{self.process.pid}-{self.batches}"
+        results = [self.respond(context, idx, request, batch_size, batch_id) for idx, request in enumerate(requests)]
+        asked_why = any(request.explain for request in accepted)
+        self.report(context, requests, answered, asked_why, preprocessing_ms, started)
+        return results
+
+    def predict_batch(self, requests: list[BatchRequest], inputs: torch.Tensor) -> None:
+        """Predict and format: one forward pass over the answered requests' images (`inputs`), their explanations
+        in one more pass, and each request's answer."""
+        probabilities = predict(self.model, inputs.to(self.device)).cpu()
+        # One topk and one tolist for the whole batch: per-row torch calls cost more than the model here.
+        values, indices = torch.topk(probabilities, max(request.decoded.topk for request in requests))
+        values, indices = values.tolist(), indices.tolist()
+        explained = [request for request in requests if request.explain]
         if explained:
+            self.explain_batch(inputs, indices, explained)
+        for request in requests:
+            request.answer, request.predicted = format_answer(request, probabilities, values, indices, self.labels,
+                                                              self.model_name, self.model_version)
+
+    def explain_batch(self, inputs: torch.Tensor, indices: list[list[int]], requests: list[BatchRequest]) -> None:
+        """Integrated gradients for the requests that asked, in one pass, for the label each image was given: each
+        request gets one dict per image (its `explanation`)."""
+        rows = [row for request in requests for row in request.rows]
+        selected = inputs[rows]
+        targets = torch.tensor([indices[row][0] for row in rows])
+        attributions = explanations.integrated_gradients(self.eager_model, selected, targets)
+        fields = iter(explanations.explanation_fields(attributions, explanations.model_view(selected)))
+        for request in requests:
+            request.explanation = [next(fields) for _ in request.rows]
+
+    def respond(self, context, idx: int, request: BatchRequest, batch_size: str, batch_id: str) -> str:
+        """Request `idx`'s result: its response headers, its status when refused, and its JSON body."""
+        context.set_response_content_type(idx, JSON_CONTENT_TYPE)
+        context.set_response_header(idx, BATCH_SIZE_HEADER, batch_size)
+        context.set_response_header(idx, BATCH_ID_HEADER, batch_id)
+        if request.grpc:
+            context.set_response_header(idx, STREAM_NEXT_HEADER, "false")
+        if request.answered:
+            return json.dumps(request.answer)
+        status, phrase, body = format_refusal(request, self.model_name, self.model_version)
+        context.set_response_status(status, phrase, idx)
+        return json.dumps(body)
+
+    def report(self, context, requests: list[BatchRequest], answered: list[BatchRequest], asked_why: bool,
+               preprocessing_ms: float, started: float) -> None:
+        """The batch's metrics (batch_metrics), the worker's resources every RESOURCE_METRICS_SECONDS, and the
+        handler's time."""
+        refusals = [refusal_answer(request.refusal)[3] for request in requests if not request.answered]
+        predicted = [label for request in answered for label in request.predicted]
+        rows = batch_metrics([request.decoded for request in answered], refusals, predicted, preprocessing_ms)
+        if asked_why:  # a request asked for an explanation and was read
             rows.append(("digits_explained_images_total",
-                         sum(len(request.images) for idx, request in answered if idx in explained), {}))
+                         sum(len(request.decoded.images) for request in answered if request.explain), {}))
         if time.monotonic() - self.resources_reported >= RESOURCE_METRICS_SECONDS:
             rows += self.resource_metrics()
         # TorchServe's BaseHandler.handle reports HandlerTime (a gauge: the last batch); this handle replaces it, so
@@ -466,27 +525,3 @@ class DigitHandler(BaseHandler):
         handler_ms = round((time.perf_counter() - started) * 1000.0, 3)
         rows += [(HANDLER_TIME, handler_ms, {}), ("digits_handler_milliseconds_total", handler_ms, {})]
         emit_metrics(context.metrics, rows, self.model_name, idx=0)
-        return results
-
-    def explain_batch(self, batch: torch.Tensor, indices: list[list[int]], answered: list, explained: set) -> dict:
-        """Integrated gradients for the requests that asked, in one pass: request index -> one dict per image."""
-        selected, owners, start = [], [], 0
-        for idx, request in answered:
-            if idx in explained:
-                selected += range(start, start + len(request.images))
-                owners += [idx] * len(request.images)
-            start += len(request.images)
-        inputs = batch[selected]
-        targets = torch.tensor([indices[row][0] for row in selected])
-        attributions = explanations.integrated_gradients(self.eager_model, inputs, targets)
-        fields: dict[int, list[dict]] = {}
-        for owner, field in zip(owners, explanations.explanation_fields(attributions, explanations.model_view(inputs))):
-            fields.setdefault(owner, []).append(field)
-        return fields
-
-    def infer_refusal(self, body: dict, grpc: bool, code: int, message: str) -> dict:
-        """A refused v2 request's body, in the Open Inference Protocol's shape (in band over gRPC)."""
-        if grpc:
-            request_id = body.get("id") if isinstance(body.get("id"), str) else ""
-            return open_inference.format_grpc_error(request_id, self.model_name, self.model_version, code, message)
-        return open_inference.format_error(message)
