@@ -103,7 +103,8 @@ def verify_weights(weights_path: str, digest_path: str) -> str:
     return actual
 
 
-# The resolution the model was trained at, from load_model's record (scripts/peer_server.py and benchmark.py use it).
+# The resolution the model was trained at, from load_model's record (scripts/peer_server.py and scripts/benchmark.py
+# use it).
 checkpoint_resolution = checkpoint.training_resolution
 
 

@@ -1,12 +1,14 @@
 """Wire formats -> decoded images: one TorchServe request row read into the grey images it carries.
 
-The one home of every request format (STYLE.md, "Where new code goes"): a raw image body or one multipart field,
-JSON {"data": base64 image} (a data: URL too), {"pixels": 28x28 array}, {"images": [base64 image, ...]}, each with
-an optional "topk", a .npy file of N x 28 x 28 frames, and Open Inference Protocol requests (read by
-handler/open_inference.py, decoded here). `parse_request` does the decoding (model/preprocessing.py's
+The one home of every request format, so that reading a request goes down to model/preprocessing.py's decoders once
+and comes back up once, and the handler only orchestrates (read -> preprocess -> predict -> format): a raw image body
+or one multipart field, JSON {"data": base64 image} (a data: URL too), {"pixels": 28x28 array}, {"images": [base64
+image, ...]}, each with an optional "topk", a .npy file of N x 28 x 28 frames, and Open Inference Protocol requests
+(read by handler/open_inference.py, decoded here). `parse_request` does the decoding (model/preprocessing.py's
 decoders) and the validation, and refuses a bad request with an InputError (InputTooLarge for a limit) whose message
-names the problem; it stops at decoded images. Their geometry, for every request of a batch at once, is
-`preprocessing.to_mnist_geometry_batch`. Pure functions, unit-tested without a server (tests/handler/).
+names the problem and whose reason (model/preprocessing.py Reason) labels it for the metrics; it stops at decoded
+images. Their geometry, for every request of a batch at once, is `preprocessing.to_mnist_geometry_batch`. Pure
+functions, unit-tested without a server (tests/handler/).
 """
 from __future__ import annotations
 

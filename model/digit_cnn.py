@@ -14,8 +14,8 @@ class DigitCNNConfig:
     weights (model/checkpoint.py), so a network is rebuilt as it was trained even after a default changes."""
 
     in_channels: int = 1  # grey images
-    # Wider than LeNet-5's (6, 16): on 3,500 real MNIST digits that was worth ~0.3 points of validation accuracy for
-    # ~1.2x the inference time (README "Training data").
+    # Wider than LeNet-5's (6, 16): on 3,500 real MNIST digits that gained 0.2-0.3 points of validation accuracy for
+    # 1.3-1.7x LeNet-5's per-image model time (README "Training data").
     conv_channels: tuple[int, int] = (16, 32)
     hidden: tuple[int, int] = (120, 84)  # LeNet-5's two hidden linear layers
     num_classes: int = 10  # the digits 0-9; another dataset (train.py --dataset folder) has its own count
