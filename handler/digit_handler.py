@@ -36,11 +36,11 @@ from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-from handler import explanations, open_inference
+from handler import explanations, open_inference, wire
 from handler.batch import BatchRequest
 from handler.wire import (DecodedRequest, decode_base64, decode_body, decode_infer_request,  # noqa: F401
                           looks_like_json, parse_json_object, parse_request, parse_topk, read_body, request_payload)
-from model import checkpoint, preprocessing
+from model import checkpoint, digit_cnn, preprocessing
 from model.digit_cnn import DigitCNN
 from model.preprocessing import InputError, InputTooLarge, Reason
 
@@ -376,6 +376,14 @@ def emit_metrics(metrics, rows: list[tuple], model_name: str, idx: int | None = 
             metrics.add_counter(name, value, idx=idx, dimensions=dimensions)
 
 
+def code_files() -> list[str]:
+    """The files this worker's network, checkpoint reader, preprocessing and request reading were imported from.
+    A TorchServe worker must run the copies in its model's archive (TorchServe's extracted model directory), never
+    those of a checkout that happens to be on its path: initialize logs them, and tests/integration/test_server.py
+    checks them."""
+    return [os.path.abspath(module.__file__) for module in (digit_cnn, checkpoint, preprocessing, wire)]
+
+
 def drop_per_batch_log_lines(record: logging.LogRecord) -> bool:
     """Logging filter: False for TorchServe's per-batch INFO line, True for everything else."""
     return not str(record.msg).startswith("Backend received inference")
@@ -425,8 +433,9 @@ class DigitHandler(BaseHandler):
         emit_metrics(context.metrics, [("digits_worker_starts_total", 1, {}), *self.resource_metrics()], self.model_name)
         logger.info(
             "digit model loaded on %s by pid %d (preprocessing on %s, %d classes, torch threads %d, resolution %d, %s, "
-            "weights sha256 %s)", self.device, os.getpid(), self.preprocessing_device(), len(self.labels),
+            "weights sha256 %s) from %s", self.device, os.getpid(), self.preprocessing_device(), len(self.labels),
             torch.get_num_threads(), self.resolution, "TorchScript optimized" if optimized else "eager", digest[:16],
+            ", ".join(code_files()),
         )
 
     def preprocessing_device(self) -> torch.device:

@@ -426,6 +426,19 @@ def test_a_batch_reports_its_requests_refusals_images_and_answers(handler, model
     assert len(metrics) == len(set((name, tuple(dimensions.items())) for name, _, dimensions in metrics))
 
 
+def test_initialize_logs_where_its_code_came_from(model_dir, caplog):
+    """The start line names the files the worker's code was imported from (here: this checkout's, as pytest imports
+    them; in a TorchServe worker the archive's: tests/integration/test_server.py). Its head stays what
+    scripts/gpu_check.sh greps."""
+    caplog.set_level("INFO")
+    DigitHandler().initialize(make_context(model_dir, 1))
+    line = next(record.getMessage() for record in caplog.records if "digit model loaded" in record.getMessage())
+    assert line.startswith(f"digit model loaded on cpu by pid {os.getpid()} (preprocessing on cpu, ")
+    files = line.rpartition(") from ")[2].split(", ")
+    assert files == [str(ROOT / name) for name in ("model/digit_cnn.py", "model/checkpoint.py",
+                                                   "model/preprocessing.py", "handler/wire.py")]
+
+
 def test_a_worker_reports_its_start_memory_and_cpu(model_dir, caplog):
     caplog.set_level("INFO")
     DigitHandler().initialize(make_context(model_dir, 1))
