@@ -6,14 +6,13 @@
     python train.py --dataset folder --data-dir path/to/images   # one subfolder per class
 
 Every dataset is brought to MNIST geometry by model/preprocessing.py, the same code the TorchServe
-handler runs on each request. Outputs (in --output-dir): digit_cnn.pt (state_dict + architecture),
-index_to_name.json, metrics.json, training_curves.png, confusion_matrix.png, samples/*.png.
+handler runs on each request. Outputs (in --output-dir): digit_cnn.pt (state_dict + architecture, written by
+model/checkpoint.py), index_to_name.json, metrics.json, training_curves.png, confusion_matrix.png, samples/*.png.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import logging
 import math
@@ -27,11 +26,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model import preprocessing
-from model.digit_cnn import DigitCNN
+from model.checkpoint import WEIGHTS_FILE, save_checkpoint
+from model.digit_cnn import DigitCNN, DigitCNNConfig
 
 log = logging.getLogger("train")
 
-WEIGHTS_FILE = "digit_cnn.pt"
 # 8x8 scans hold ~8 pixels of detail; measured on real MNIST digits (10,000 test images) with the
 # default flags, serving at 10 gave 90.5% accuracy against 86.5% at 20 (no reduction) and 87.1% at 8.
 DIGITS_RESOLUTION = 10
@@ -272,7 +271,7 @@ AUGMENTATIONS = {
     "scans": Augmentation(angle=0.3, shear=0.45, scale_x=(0.8, 1.5), scale_y=(0.85, 1.15), shift=0.15,
                           pen_share=2 / 3, sharpen_share=0.5, elastic=0.0),
     # Real handwriting already varies in pen and slant: small pose changes only. Measured on the validation
-    # split (README "Training data"): pen, sharpness and elastic distortion did not help this network.
+    # split (docs/training.md "Making 5,000 digits count"): pen, sharpness and elastic distortion did not help this network.
     "handwriting": Augmentation(angle=0.2, shear=0.2, scale_x=(0.9, 1.1), scale_y=(0.9, 1.1), shift=0.1,
                                 pen_share=0.0, sharpen_share=0.0, elastic=0.0),
 }
@@ -444,7 +443,7 @@ def save_samples(split: Split, names: list[str], output_dir: Path, per_class: in
 
 def make_scheduler(optimizer, name: str, peak_lr: float, total_steps: int):
     """The learning-rate schedule, stepped once per batch. Cosine from the peak down to 0 scored best on the
-    validation split of the MNIST sample (README "Training data"); one-cycle warms up for a fifth of the steps."""
+    validation split of the MNIST sample (docs/training.md); one-cycle warms up for a fifth of the steps."""
     if name == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak_lr, total_steps=total_steps, pct_start=0.2)
     if name == "cosine":
@@ -500,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--channels", type=int, nargs=2, default=None, metavar=("C1", "C2"),
-        help="the two conv layers' channels (default: DigitCNN's, the shipped architecture)",
+        help="the two conv layers' channels (default: DigitCNNConfig's, the shipped architecture)",
     )
     parser.add_argument(
         "--resolution",
@@ -549,16 +548,10 @@ def main(argv: list[str] | None = None) -> dict:
         "dataset %s: %d train / %d validation / %d test images, %d classes, device %s",
         args.dataset, len(train_split), len(val_split), len(test_split), len(names), device,
     )
-    # Every constructor argument, written out: a checkpoint rebuilds its own network even after the defaults change.
-    shipped = {name: param.default for name, param in inspect.signature(DigitCNN).parameters.items()}
-    arch = {
-        "in_channels": shipped["in_channels"],
-        "conv_channels": list(args.channels or shipped["conv_channels"]),
-        "hidden": list(shipped["hidden"]),
-        "num_classes": len(names),
-        "image_size": preprocessing.IMAGE_SIZE,
-    }
-    model = DigitCNN(**arch).to(device)
+    config = DigitCNNConfig(num_classes=len(names), image_size=preprocessing.IMAGE_SIZE)
+    if args.channels:
+        config = dataclasses.replace(config, conv_channels=tuple(args.channels))
+    model = DigitCNN(config).to(device)
     epochs = 1 if args.dry_run else args.epochs
     steps_per_epoch = 1 if args.dry_run else math.ceil(len(train_split) / args.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -584,19 +577,9 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = time.perf_counter() - started
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = {
-        "arch": arch,  # DigitCNN(**arch) rebuilds this network; the handler does exactly that
-        "state_dict": {key: value.cpu() for key, value in model.state_dict().items()},
-        "labels": names,
-        "preprocessing": {
-            "image_size": preprocessing.IMAGE_SIZE,
-            "mean": preprocessing.MEAN,
-            "std": preprocessing.STD,
-            "resolution": args.resolution,  # the handler rasterises every request at this resolution too
-        },
-        "dataset": args.dataset,
-    }
-    torch.save(checkpoint, args.output_dir / WEIGHTS_FILE)
+    # The architecture travels with the weights, and the resolution: the handler rasterises every request at it too.
+    save_checkpoint(args.output_dir / WEIGHTS_FILE, model, config, labels=names, resolution=args.resolution,
+                    dataset=args.dataset)
     (args.output_dir / "index_to_name.json").write_text(
         json.dumps({str(index): name for index, name in enumerate(names)}, indent=2) + "\n"
     )
@@ -613,7 +596,7 @@ def main(argv: list[str] | None = None) -> dict:
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "schedule": args.schedule,
             "weight_decay": args.weight_decay,
             "augment": args.augment, "elastic": args.policy.elastic if args.policy else None,
-            "extra_digits": args.extra_digits, "arch": arch, "resolution": args.resolution,
+            "extra_digits": args.extra_digits, "arch": config.to_dict(), "resolution": args.resolution,
         },
         "seed": args.seed,
         "device": str(device),

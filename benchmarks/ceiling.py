@@ -63,8 +63,7 @@ def preprocessing_cost(png: bytes, npy: bytes, resolution: int, repeat: int) -> 
 
 
 def weights_resolution(weights: Path) -> int:
-    import torch
+    """The resolution the model in `weights` was trained at (model/checkpoint.py reads it)."""
+    from model.checkpoint import load_checkpoint, training_resolution
 
-    from handler.digit_handler import checkpoint_resolution
-
-    return checkpoint_resolution(torch.load(weights, map_location="cpu", weights_only=True))
+    return training_resolution(load_checkpoint(weights)[2])

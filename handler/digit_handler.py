@@ -24,7 +24,6 @@ import io
 import json
 import logging
 import os
-import re
 import time
 import warnings
 from collections import Counter
@@ -37,12 +36,13 @@ from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-from handler import explanations, open_inference
+from handler import explanations, open_inference, wire
+from handler.batch import BatchRequest
 from handler.wire import (DecodedRequest, decode_base64, decode_body, decode_infer_request,  # noqa: F401
                           looks_like_json, parse_json_object, parse_request, parse_topk, read_body, request_payload)
-from model import preprocessing
+from model import checkpoint, digit_cnn, preprocessing
 from model.digit_cnn import DigitCNN
-from model.preprocessing import InputError, InputTooLarge
+from model.preprocessing import InputError, InputTooLarge, Reason
 
 logger = logging.getLogger(__name__)
 
@@ -103,18 +103,11 @@ def verify_weights(weights_path: str, digest_path: str) -> str:
     return actual
 
 
-def checkpoint_resolution(checkpoint: dict) -> int:
-    """The resolution the model was trained at (train.py records it beside the weights)."""
-    return int(checkpoint.get("preprocessing", {}).get("resolution", preprocessing.DIGIT_BOX))
-
-
 def load_model(weights_path: str, device: torch.device) -> tuple[DigitCNN, dict]:
-    """Rebuild the network from the architecture recorded beside its weights; tensors and plain data only."""
-    checkpoint = torch.load(weights_path, map_location="cpu", weights_only=True)
-    model = DigitCNN(**checkpoint["arch"])
-    model.load_state_dict(checkpoint["state_dict"], strict=True)
-    model.to(device).eval()
-    return model, checkpoint
+    """The network rebuilt from the architecture recorded beside its weights, and the checkpoint's record
+    (model/checkpoint.py: tensors and plain data only). Call verify_weights first."""
+    model, _, record = checkpoint.load_checkpoint(weights_path, device)
+    return model, record
 
 
 def optimize_for_cpu(model: torch.nn.Module) -> torch.nn.Module:
@@ -147,8 +140,58 @@ def load_labels(model_dir: str, num_classes: int) -> list[str]:
     return labels
 
 
-# ---------------------------------------------------------------- per-request functions
-# Reading a request (wire format -> decoded images) lives in handler/wire.py: parse_request and its helpers.
+# ---------------------------------------------------------------- one batch: read -> preprocess -> predict -> format
+# Reading a request (wire format -> decoded images) lives in handler/wire.py: parse_request and its helpers. Each
+# request of a batch is carried through the steps as a BatchRequest (handler/batch.py).
+
+
+def read_request(idx: int, row: dict, headers: dict, default_topk: int, num_classes: int,
+                 max_images: int) -> BatchRequest:
+    """Read: request `idx` of a batch (its row and TorchServe's request headers) -> its decoded images, or the error
+    that refuses it: an InputError (400, 413), or any other exception (a bug: logged, and a 500 for this request
+    alone, never for the batch)."""
+    request = BatchRequest(grpc=came_over_grpc(headers), explain=wants_explanation(headers, row))
+    try:
+        request.body = read_body(row)
+        if open_inference.is_infer_request(request.body):
+            request.infer = open_inference.parse_infer_request(request.body, max_images, request.explain)
+            request.decoded = decode_infer_request(request.infer)
+        else:
+            request.decoded = decode_body(request.body, default_topk, num_classes, max_images)
+        if request.explain:
+            check_explained_count(request.decoded)
+    except Exception as error:  # InputError: 400/413; a bug costs this request alone (500), never the batch
+        if not isinstance(error, InputError):
+            logger.exception("unexpected error parsing request %d", idx)
+        request.refusal = error
+    return request
+
+
+def preprocess_batch(requests: list[BatchRequest], resolution: int,
+                     device: torch.device | str | None = None) -> torch.Tensor:
+    """Preprocess: the images of requests read -> the network inputs of those that remain answered, in order. A
+    request with an image that preprocessing refuses (blank) gets that refusal; each other one its `rows` in the
+    inputs. One batched call (`preprocess`); after an unexpected error in it, one call per request, so that the
+    error costs only the request it belongs to."""
+    decoded = [request.decoded for request in requests]
+    try:
+        inputs, refusals = preprocess(decoded, resolution, device)
+    except Exception:  # a bug: find the request it belongs to, so that it costs that request alone
+        logger.exception("unexpected error preprocessing a batch; preprocessing its requests one by one")
+        inputs, refusals = preprocess_one_by_one(decoded, resolution, device)
+    kept: list[int] = []
+    start = 0
+    for request, refusal in zip(requests, refusals):
+        count = len(request.decoded.images)
+        if refusal is None:
+            request.rows = range(len(kept), len(kept) + count)
+            kept += range(start, start + count)
+        else:
+            request.refusal = refusal
+        start += count
+    if len(kept) == len(inputs):
+        return inputs
+    return inputs[torch.tensor(kept, dtype=torch.long, device=inputs.device)]
 
 
 def preprocess(requests: list[DecodedRequest], resolution: int,
@@ -166,7 +209,7 @@ def preprocess(requests: list[DecodedRequest], resolution: int,
         stop = start + len(request.images)
         index, error = next(((index, error) for index, error in enumerate(errors[start:stop]) if error is not None),
                             (0, None))
-        refusals.append(InputError(f"image {index}: {error}") if error is not None and request.many else error)
+        refusals.append(error.in_image(index) if error is not None and request.many else error)
         start = stop
     return preprocessing.normalize(frames), refusals
 
@@ -199,7 +242,8 @@ def wants_explanation(request_headers: dict, row: dict) -> bool:
 
 def check_explained_count(request: DecodedRequest, limit: int = explanations.MAX_EXPLAINED_IMAGES) -> None:
     if len(request.images) > limit:
-        raise InputTooLarge(f"{len(request.images)} images to explain in one request; the limit is {limit}")
+        raise InputTooLarge(f"{len(request.images)} images to explain in one request; the limit is {limit}",
+                            Reason.TOO_MANY_IMAGES)
 
 
 def came_over_grpc(request_properties: dict) -> bool:
@@ -231,25 +275,33 @@ def format_ranked(values: list[float], indices: list[int], labels: list[str]) ->
     return {**ranked[0], "topk": ranked}
 
 
+def format_answer(request: BatchRequest, probabilities: torch.Tensor, values: list[list[float]],
+                  indices: list[list[int]], labels: list[str], model_name: str,
+                  model_version: str) -> tuple[dict, list[str]]:
+    """Format: an answered request's body, from its `rows` of the batch's probabilities and their ranking (values and
+    class indices, best first, at least as many per row as its topk), and the best label of each of its images.
+    An Open Inference Protocol request gets the protocol's answer, any other one TorchServe-style answers."""
+    rows = request.rows
+    explanation = request.explanation
+    if request.infer is not None:
+        best = [labels[indices[row][0]] for row in rows]
+        answer = open_inference.format_infer_response(
+            request.infer, model_name, model_version, probabilities[rows.start:rows.stop].tolist(), best,
+            [fields["attributions"] for fields in explanation] if explanation else None,
+            [fields["image"] for fields in explanation] if explanation else None)
+        return answer, best
+    topk = request.decoded.topk
+    answers = [format_ranked(values[row][:topk], indices[row][:topk], labels) for row in rows]
+    for answer, fields in zip(answers, explanation):
+        answer.update(fields)
+    return ({"predictions": answers} if request.decoded.many else answers[0]), [answer["label"] for answer in answers]
+
+
 def format_error(code: int, message: str, error_type: str = "InputError") -> dict:
     return {"code": code, "type": error_type, "message": message}
 
 
-# What a refusal was about, for the digits_refusals_total metric: the first message prefix that matches.
-REFUSAL_REASONS = (
-    (("empty body", "empty request", "no images in the request"), "empty_body"),
-    (("not an image", "text body is neither"), "not_an_image"),
-    (("unreadable image", "expected a 2-D grey image"), "unreadable_image"),
-    (("image too large",), "image_too_large"),
-    (("image too small",), "image_too_small"),
-    (("blank image",), "blank_image"),
-    (('"data" is not valid base64', '"data" must be a base64 string'), "bad_base64"),
-    (("invalid JSON", "JSON body", '"images" must be'), "bad_json"),
-    (("pixel array", "pixel values", "image holds NaN"), "bad_pixels"),
-    (("not a valid .npy", ".npy"), "bad_npy"),
-    (("topk",), "bad_topk"),
-)
-IMAGE_INDEX = re.compile(r"^(image \d+: )+")  # "image 3: not an image ..." in a multi-image request
+INTERNAL_REASON = "internal"  # the Reason label of a request refused by a bug (500); InputErrors carry their own
 HANDLER_TIME = "HandlerTime"  # TorchServe's standard gauge: ms the handler spent on the last batch
 RESOURCE_METRICS_SECONDS = 10.0  # how often a worker reports its memory and CPU time
 
@@ -267,17 +319,23 @@ def refusal_answer(error: Exception) -> tuple[int, str, dict, tuple[str, str]]:
     return status, phrase, body, (body["type"], refusal_reason(error))
 
 
+def format_refusal(request: BatchRequest, model_name: str, model_version: str) -> tuple[int, str, dict]:
+    """Format: a refused request's HTTP status, reason phrase and body; a v2 request's body in the Open Inference
+    Protocol's shape (in band over gRPC, where TorchServe drops per-request statuses)."""
+    status, phrase, body, _ = refusal_answer(request.refusal)
+    if open_inference.is_infer_request(request.body):
+        if request.grpc:
+            request_id = request.body.get("id") if isinstance(request.body.get("id"), str) else ""
+            body = open_inference.format_grpc_error(request_id, model_name, model_version, status, body["message"])
+        else:
+            body = open_inference.format_error(body["message"])
+    return status, phrase, body
+
+
 def refusal_reason(error: Exception) -> str:
-    """A refused request's reason, one of a fixed few (a metric label must not carry free text)."""
-    if isinstance(error, InputTooLarge):
-        return "too_many_images"
-    if not isinstance(error, InputError):
-        return "internal"
-    message = IMAGE_INDEX.sub("", str(error))
-    for prefixes, reason in REFUSAL_REASONS:
-        if message.startswith(prefixes):
-            return reason
-    return "bad_request"
+    """A refused request's Reason label: the reason its InputError was raised with (model/preprocessing.py Reason),
+    never its wording; "internal" for anything else. One of a fixed few: a metric label must not carry free text."""
+    return error.reason.value if isinstance(error, InputError) else INTERNAL_REASON
 
 
 def batch_metrics(accepted: list, refusals: list, predicted: list[str], preprocessing_ms: float) -> list[tuple]:
@@ -313,6 +371,14 @@ def emit_metrics(metrics, rows: list[tuple], model_name: str, idx: int | None = 
             metrics.add_counter(name, value, idx=idx, dimensions=dimensions)
 
 
+def code_files() -> list[str]:
+    """The files this worker's network, checkpoint reader, preprocessing and request reading were imported from.
+    A TorchServe worker must run the copies in its model's archive (TorchServe's extracted model directory), never
+    those of a checkout that happens to be on its path: initialize logs them, and tests/integration/test_server.py
+    checks them."""
+    return [os.path.abspath(module.__file__) for module in (digit_cnn, checkpoint, preprocessing, wire)]
+
+
 def drop_per_batch_log_lines(record: logging.LogRecord) -> bool:
     """Logging filter: False for TorchServe's per-batch INFO line, True for everything else."""
     return not str(record.msg).startswith("Backend received inference")
@@ -338,14 +404,14 @@ class DigitHandler(BaseHandler):
         except RuntimeError as error:
             logger.error("%s", error)  # the worker exits; TorchServe logs this line and retries with backoff
             raise
-        self.model, checkpoint = load_model(weights, self.device)
+        self.model, config, record = checkpoint.load_checkpoint(weights, self.device)
         # Explanations need gradients, which the frozen TorchScript copy does not keep: they use the eager network.
         self.eager_model = self.model
         optimized = bool(settings.get("optimize", True)) and self.device.type == "cpu"
         if optimized:
             self.model = optimize_for_cpu(self.model)
-        self.labels = load_labels(model_dir, checkpoint["arch"]["num_classes"])
-        self.resolution = checkpoint_resolution(checkpoint)
+        self.labels = load_labels(model_dir, config.num_classes)
+        self.resolution = checkpoint.training_resolution(record)
         self.topk = min(int(settings.get("topk", DEFAULT_TOPK)), len(self.labels))
         self.max_images = int(settings.get("max_images", preprocessing.MAX_IMAGES_PER_REQUEST))
         # TorchServe's worker logs "Backend received inference at ..." on the root logger for every batch;
@@ -362,8 +428,9 @@ class DigitHandler(BaseHandler):
         emit_metrics(context.metrics, [("digits_worker_starts_total", 1, {}), *self.resource_metrics()], self.model_name)
         logger.info(
             "digit model loaded on %s by pid %d (preprocessing on %s, %d classes, torch threads %d, resolution %d, %s, "
-            "weights sha256 %s)", self.device, os.getpid(), self.preprocessing_device(), len(self.labels),
+            "weights sha256 %s) from %s", self.device, os.getpid(), self.preprocessing_device(), len(self.labels),
             torch.get_num_threads(), self.resolution, "TorchScript optimized" if optimized else "eager", digest[:16],
+            ", ".join(code_files()),
         )
 
     def preprocessing_device(self) -> torch.device:
@@ -389,100 +456,73 @@ class DigitHandler(BaseHandler):
                 ("digits_worker_cpu_seconds_total", round(used, 3), worker)]
 
     def handle(self, data, context):
-        """read -> preprocess -> predict -> format: each request read on its own, the batch's images through the
-        geometry in one call and the network in one forward pass, one answer (or refusal) per request."""
-        results: list = [None] * len(data)
-        accepted: list[tuple[int, DecodedRequest]] = []
-        infer_requests: dict[int, open_inference.InferRequest] = {}  # request index -> its v2 request
-        bodies: dict[int, object] = {}  # request index -> its body as read (a refusal of a v2 request is v2-shaped)
-        grpc_requests: set[int] = set()
-        explained: set[int] = set()  # request indices that asked why (explanations)
-        refusals: list[tuple[str, str]] = []
+        """read -> preprocess -> predict -> format: each request read on its own, the images of all through the
+        geometry in one call and the network in one forward pass; one result per request, in order. A refused
+        request gets its own 4xx (or, for a bug, 500) answer; the rest of the batch is answered."""
         started = time.perf_counter()
-        batch_size = str(len(data))
         self.batches += 1
-        batch_id = f"{self.process.pid}-{self.batches}"
-
-        def refuse(idx: int, error: Exception) -> None:
-            status, phrase, body, counted = refusal_answer(error)
-            if open_inference.is_infer_request(bodies.get(idx)):  # a v2 request: the protocol's error shape
-                body = self.infer_refusal(bodies[idx], idx in grpc_requests, status, body["message"])
-            context.set_response_status(status, phrase, idx)
-            results[idx] = json.dumps(body)
-            refusals.append(counted)
-
-        for idx, row in enumerate(data):
-            headers = context.get_all_request_header(idx)
-            context.set_response_content_type(idx, JSON_CONTENT_TYPE)
-            context.set_response_header(idx, BATCH_SIZE_HEADER, batch_size)
-            context.set_response_header(idx, BATCH_ID_HEADER, batch_id)
-            if came_over_grpc(headers):
-                grpc_requests.add(idx)
-                context.set_response_header(idx, STREAM_NEXT_HEADER, "false")
-            explain = wants_explanation(headers, row)
-            try:
-                body = bodies[idx] = read_body(row)
-                if open_inference.is_infer_request(body):
-                    infer_requests[idx] = open_inference.parse_infer_request(body, self.max_images, explain)
-                    request = decode_infer_request(infer_requests[idx])
-                else:
-                    request = decode_body(body, self.topk, len(self.labels), self.max_images)
-                if explain:
-                    check_explained_count(request)
-                    explained.add(idx)
-                accepted.append((idx, request))
-            except Exception as error:  # InputError: 400/413; a bug costs this request alone (500), never the batch
-                if not isinstance(error, InputError):
-                    logger.exception("unexpected error parsing request %d", idx)
-                refuse(idx, error)
-        decoded = [request for _, request in accepted]
-        try:
-            inputs, refused = preprocess(decoded, self.resolution, self.device)
-        except Exception:  # a bug: find the request it belongs to, so that it costs that request alone
-            logger.exception("unexpected error preprocessing a batch; preprocessing its requests one by one")
-            inputs, refused = preprocess_one_by_one(decoded, self.resolution, self.device)
-        answered, rows, start = [], [], 0
-        for (idx, request), refusal in zip(accepted, refused):
-            if refusal is None:
-                answered.append((idx, request))
-                rows += range(start, start + len(request.images))
-            else:
-                refuse(idx, refusal)
-            start += len(request.images)
+        requests = [read_request(idx, row, context.get_all_request_header(idx), self.topk, len(self.labels),
+                                 self.max_images) for idx, row in enumerate(data)]
+        accepted = [request for request in requests if request.answered]
+        inputs = preprocess_batch(accepted, self.resolution, self.device)
         preprocessing_ms = (time.perf_counter() - started) * 1000.0
-        predicted: list[str] = []
+        answered = [request for request in accepted if request.answered]
         if answered:
-            batch = inputs if len(rows) == len(inputs) else inputs[torch.tensor(rows, device=inputs.device)]
-            probabilities = predict(self.model, batch.to(self.device)).cpu()
-            # One topk and one tolist for the whole batch: per-row torch calls cost more than the model here.
-            values, indices = torch.topk(probabilities, max(request.topk for _, request in answered))
-            values, indices = values.tolist(), indices.tolist()
-            why = self.explain_batch(batch, indices, answered, explained) if explained else {}
-            start = 0
-            for idx, request in answered:
-                span = range(start, start + len(request.images))
-                start += len(request.images)
-                if idx in infer_requests:
-                    labels = [self.labels[indices[row][0]] for row in span]
-                    fields = why.get(idx, [])
-                    answer = open_inference.format_infer_response(
-                        infer_requests[idx], self.model_name, self.model_version,
-                        probabilities[span.start:span.stop].tolist(), labels,
-                        [field["attributions"] for field in fields] if fields else None,
-                        [field["image"] for field in fields] if fields else None)
-                    results[idx] = json.dumps(answer)
-                    predicted += labels
-                    continue
-                answers = [format_ranked(values[row][: request.topk], indices[row][: request.topk], self.labels)
-                           for row in span]
-                for answer, fields in zip(answers, why.get(idx, [])):
-                    answer.update(fields)
-                results[idx] = json.dumps({"predictions": answers} if request.many else answers[0])
-                predicted += [answer["label"] for answer in answers]
-        rows = batch_metrics([request for _, request in answered], refusals, predicted, preprocessing_ms)
+            self.predict_batch(answered, inputs)
+        batch_size, batch_id = str(len(data)), f"{self.process.pid}-{self.batches}"
+        results = [self.respond(context, idx, request, batch_size, batch_id) for idx, request in enumerate(requests)]
+        asked_why = any(request.explain for request in accepted)
+        self.report(context, requests, answered, asked_why, preprocessing_ms, started)
+        return results
+
+    def predict_batch(self, requests: list[BatchRequest], inputs: torch.Tensor) -> None:
+        """Predict and format: one forward pass over the answered requests' images (`inputs`), their explanations
+        in one more pass, and each request's answer."""
+        probabilities = predict(self.model, inputs.to(self.device)).cpu()
+        # One topk and one tolist for the whole batch: per-row torch calls cost more than the model here.
+        values, indices = torch.topk(probabilities, max(request.decoded.topk for request in requests))
+        values, indices = values.tolist(), indices.tolist()
+        explained = [request for request in requests if request.explain]
         if explained:
+            self.explain_batch(inputs, indices, explained)
+        for request in requests:
+            request.answer, request.predicted = format_answer(request, probabilities, values, indices, self.labels,
+                                                              self.model_name, self.model_version)
+
+    def explain_batch(self, inputs: torch.Tensor, indices: list[list[int]], requests: list[BatchRequest]) -> None:
+        """Integrated gradients for the requests that asked, in one pass, for the label each image was given: each
+        request gets one dict per image (its `explanation`)."""
+        rows = [row for request in requests for row in request.rows]
+        selected = inputs[rows]
+        targets = torch.tensor([indices[row][0] for row in rows])
+        attributions = explanations.integrated_gradients(self.eager_model, selected, targets)
+        fields = iter(explanations.explanation_fields(attributions, explanations.model_view(selected)))
+        for request in requests:
+            request.explanation = [next(fields) for _ in request.rows]
+
+    def respond(self, context, idx: int, request: BatchRequest, batch_size: str, batch_id: str) -> str:
+        """Request `idx`'s result: its response headers, its status when refused, and its JSON body."""
+        context.set_response_content_type(idx, JSON_CONTENT_TYPE)
+        context.set_response_header(idx, BATCH_SIZE_HEADER, batch_size)
+        context.set_response_header(idx, BATCH_ID_HEADER, batch_id)
+        if request.grpc:
+            context.set_response_header(idx, STREAM_NEXT_HEADER, "false")
+        if request.answered:
+            return json.dumps(request.answer)
+        status, phrase, body = format_refusal(request, self.model_name, self.model_version)
+        context.set_response_status(status, phrase, idx)
+        return json.dumps(body)
+
+    def report(self, context, requests: list[BatchRequest], answered: list[BatchRequest], asked_why: bool,
+               preprocessing_ms: float, started: float) -> None:
+        """The batch's metrics (batch_metrics), the worker's resources every RESOURCE_METRICS_SECONDS, and the
+        handler's time."""
+        refusals = [refusal_answer(request.refusal)[3] for request in requests if not request.answered]
+        predicted = [label for request in answered for label in request.predicted]
+        rows = batch_metrics([request.decoded for request in answered], refusals, predicted, preprocessing_ms)
+        if asked_why:  # a request asked for an explanation and was read
             rows.append(("digits_explained_images_total",
-                         sum(len(request.images) for idx, request in answered if idx in explained), {}))
+                         sum(len(request.decoded.images) for request in answered if request.explain), {}))
         if time.monotonic() - self.resources_reported >= RESOURCE_METRICS_SECONDS:
             rows += self.resource_metrics()
         # TorchServe's BaseHandler.handle reports HandlerTime (a gauge: the last batch); this handle replaces it, so
@@ -490,27 +530,3 @@ class DigitHandler(BaseHandler):
         handler_ms = round((time.perf_counter() - started) * 1000.0, 3)
         rows += [(HANDLER_TIME, handler_ms, {}), ("digits_handler_milliseconds_total", handler_ms, {})]
         emit_metrics(context.metrics, rows, self.model_name, idx=0)
-        return results
-
-    def explain_batch(self, batch: torch.Tensor, indices: list[list[int]], answered: list, explained: set) -> dict:
-        """Integrated gradients for the requests that asked, in one pass: request index -> one dict per image."""
-        selected, owners, start = [], [], 0
-        for idx, request in answered:
-            if idx in explained:
-                selected += range(start, start + len(request.images))
-                owners += [idx] * len(request.images)
-            start += len(request.images)
-        inputs = batch[selected]
-        targets = torch.tensor([indices[row][0] for row in selected])
-        attributions = explanations.integrated_gradients(self.eager_model, inputs, targets)
-        fields: dict[int, list[dict]] = {}
-        for owner, field in zip(owners, explanations.explanation_fields(attributions, explanations.model_view(inputs))):
-            fields.setdefault(owner, []).append(field)
-        return fields
-
-    def infer_refusal(self, body: dict, grpc: bool, code: int, message: str) -> dict:
-        """A refused v2 request's body, in the Open Inference Protocol's shape (in band over gRPC)."""
-        if grpc:
-            request_id = body.get("id") if isinstance(body.get("id"), str) else ""
-            return open_inference.format_grpc_error(request_id, self.model_name, self.model_version, code, message)
-        return open_inference.format_error(message)

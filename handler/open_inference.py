@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model import preprocessing
-from model.preprocessing import InputError
+from model.preprocessing import InputError, Reason
 
 IMAGES_DATATYPE = "BYTES"
 # Pixel tensors: the protocol's integer and float types (the gRPC frontend sends UINT8 as uint_contents, FP32 as
@@ -56,14 +56,14 @@ def is_infer_request(document: object) -> bool:
 def parse_shape(shape: object) -> list[int]:
     if not isinstance(shape, list) or not all(isinstance(size, int) and not isinstance(size, bool) and size >= 0
                                               for size in shape):
-        raise InputError(f'"shape" must be a list of non-negative integers, got {shape!r}')
+        raise InputError(f'"shape" must be a list of non-negative integers, got {shape!r}', Reason.BAD_REQUEST)
     return shape
 
 
 def flatten(data: object) -> list:
     """The protocol's row-major data, flat or nested, as one flat list (nested lists are flattened in order)."""
     if not isinstance(data, list):
-        raise InputError(f'"data" must be a list, got {type(data).__name__}')
+        raise InputError(f'"data" must be a list, got {type(data).__name__}', Reason.BAD_REQUEST)
     if data and isinstance(data[0], list):
         flat: list = []
         stack = [iter(data)]
@@ -84,11 +84,11 @@ def parse_requested_outputs(outputs: object, allowed: tuple[str, ...]) -> list[s
         return None
     if not isinstance(outputs, list) or not all(isinstance(item, dict) and isinstance(item.get("name"), str)
                                                 for item in outputs):
-        raise InputError('"outputs" must be a list of objects with a "name"')
+        raise InputError('"outputs" must be a list of objects with a "name"', Reason.BAD_REQUEST)
     names = [item["name"] for item in outputs]
     unknown = sorted(set(names) - set(allowed))
     if unknown:
-        raise InputError(f"unknown output {unknown[0]!r}: this model answers {', '.join(allowed)}")
+        raise InputError(f"unknown output {unknown[0]!r}: this model answers {', '.join(allowed)}", Reason.BAD_REQUEST)
     return names
 
 
@@ -96,11 +96,12 @@ def decode_images(data: list) -> list[bytes]:
     encoded = []
     for index, text in enumerate(data):
         if not isinstance(text, str):
-            raise InputError(f"image {index}: BYTES elements must be base64 strings, got {type(text).__name__}")
+            raise InputError(f"image {index}: BYTES elements must be base64 strings, got {type(text).__name__}",
+                             Reason.BAD_REQUEST)
         try:
             encoded.append(base64.b64decode(text, validate=True))
         except (binascii.Error, ValueError):
-            raise InputError(f"image {index}: not valid base64") from None
+            raise InputError(f"image {index}: not valid base64", Reason.BAD_REQUEST) from None
     return encoded
 
 
@@ -108,19 +109,20 @@ def read_frames(data: list, shape: list[int], count: int) -> np.ndarray:
     """Pixel values 0..255, N x 28 x 28 (white on black) -> float32 frames in [0, 1]."""
     size = preprocessing.IMAGE_SIZE
     if any(isinstance(value, (bool, str)) or value is None for value in data):
-        raise InputError("pixel tensor data must be numbers 0-255")
+        raise InputError("pixel tensor data must be numbers 0-255", Reason.BAD_REQUEST)
     try:
         array = np.asarray(data, dtype=np.float64)
     except (TypeError, ValueError):
-        raise InputError("pixel tensor data must be numbers 0-255") from None
+        raise InputError("pixel tensor data must be numbers 0-255", Reason.BAD_REQUEST) from None
     if array.ndim != 1:
-        raise InputError("pixel tensor data must be numbers 0-255")
+        raise InputError("pixel tensor data must be numbers 0-255", Reason.BAD_REQUEST)
     if array.size != count * size * size:
-        raise InputError(f"input holds {array.size} values, its shape {shape} needs {count * size * size}")
+        raise InputError(f"input holds {array.size} values, its shape {shape} needs {count * size * size}",
+                         Reason.BAD_REQUEST)
     if not np.isfinite(array).all():
-        raise InputError("pixel tensor holds NaN or infinite values")
+        raise InputError("pixel tensor holds NaN or infinite values", Reason.BAD_REQUEST)
     if array.size and (array.min() < 0 or array.max() > 255):
-        raise InputError(f"pixel values must lie in 0..255, got {array.min():g}..{array.max():g}")
+        raise InputError(f"pixel values must lie in 0..255, got {array.min():g}..{array.max():g}", Reason.BAD_PIXELS)
     return (array.reshape(count, size, size) / 255.0).astype(np.float32)
 
 
@@ -129,32 +131,33 @@ def parse_infer_request(document: dict, max_images: int, explain: bool = False) 
     size = preprocessing.IMAGE_SIZE
     request_id = document.get("id", "")
     if not isinstance(request_id, str):
-        raise InputError(f'"id" must be a string, got {type(request_id).__name__}')
+        raise InputError(f'"id" must be a string, got {type(request_id).__name__}', Reason.BAD_REQUEST)
     inputs = document["inputs"]
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         count = len(inputs) if isinstance(inputs, list) else type(inputs).__name__
         raise InputError(
             f'"inputs" must hold exactly one tensor (images as BYTES [N], or pixels as UINT8/FP32 '
-            f"[N, {size}, {size}]), got {count}"
+            f"[N, {size}, {size}]), got {count}",
+            Reason.BAD_REQUEST,
         )
     tensor = inputs[0]
     missing = [key for key in ("name", "datatype", "shape", "data") if key not in tensor]
     if missing:
-        raise InputError(f"input tensor lacks {', '.join(repr(key) for key in missing)}")
+        raise InputError(f"input tensor lacks {', '.join(repr(key) for key in missing)}", Reason.BAD_REQUEST)
     name, datatype = tensor["name"], tensor["datatype"]
     if not isinstance(name, str):
-        raise InputError('input "name" must be a string')
+        raise InputError('input "name" must be a string', Reason.BAD_REQUEST)
     shape = parse_shape(tensor["shape"])
     allowed = (PROBABILITIES, LABELS, ATTRIBUTIONS, IMAGES) if explain else (PROBABILITIES, LABELS)
     outputs = parse_requested_outputs(document.get("outputs"), allowed)
     data = flatten(tensor["data"])
     if datatype == IMAGES_DATATYPE:
         if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
-            raise InputError(f"a BYTES input has shape [N] (one encoded image each), got {shape}")
+            raise InputError(f"a BYTES input has shape [N] (one encoded image each), got {shape}", Reason.BAD_REQUEST)
         count = shape[0]
         preprocessing.check_image_count(count, max_images)
         if len(data) != count:
-            raise InputError(f"input holds {len(data)} elements, its shape {shape} needs {count}")
+            raise InputError(f"input holds {len(data)} elements, its shape {shape} needs {count}", Reason.BAD_REQUEST)
         return InferRequest(request_id, name, outputs, encoded=decode_images(data))
     if datatype in PIXEL_DATATYPES:
         if shape == [size, size]:
@@ -164,12 +167,13 @@ def parse_infer_request(document: dict, max_images: int, explain: bool = False) 
         elif len(shape) == 4 and shape[1:] == [1, size, size]:
             count = shape[0]
         else:
-            raise InputError(f"a pixel input has shape [N, {size}, {size}], got {shape}")
+            raise InputError(f"a pixel input has shape [N, {size}, {size}], got {shape}", Reason.BAD_REQUEST)
         preprocessing.check_image_count(count, max_images)
         return InferRequest(request_id, name, outputs, frames=read_frames(data, shape, count))
     raise InputError(
         f"input datatype {datatype!r} is not accepted: BYTES (encoded images) or "
-        f"{', '.join(PIXEL_DATATYPES)} (pixels 0-255)"
+        f"{', '.join(PIXEL_DATATYPES)} (pixels 0-255)",
+        Reason.BAD_REQUEST,
     )
 
 

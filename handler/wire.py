@@ -1,12 +1,14 @@
 """Wire formats -> decoded images: one TorchServe request row read into the grey images it carries.
 
-The one home of every request format (STYLE.md, "Where new code goes"): a raw image body or one multipart field,
-JSON {"data": base64 image} (a data: URL too), {"pixels": 28x28 array}, {"images": [base64 image, ...]}, each with
-an optional "topk", a .npy file of N x 28 x 28 frames, and Open Inference Protocol requests (read by
-handler/open_inference.py, decoded here). `parse_request` does the decoding (model/preprocessing.py's
+The one home of every request format, so that reading a request goes down to model/preprocessing.py's decoders once
+and comes back up once, and the handler only orchestrates (read -> preprocess -> predict -> format): a raw image body
+or one multipart field, JSON {"data": base64 image} (a data: URL too), {"pixels": 28x28 array}, {"images": [base64
+image, ...]}, each with an optional "topk", a .npy file of N x 28 x 28 frames, and Open Inference Protocol requests
+(read by handler/open_inference.py, decoded here). `parse_request` does the decoding (model/preprocessing.py's
 decoders) and the validation, and refuses a bad request with an InputError (InputTooLarge for a limit) whose message
-names the problem; it stops at decoded images. Their geometry, for every request of a batch at once, is
-`preprocessing.to_mnist_geometry_batch`. Pure functions, unit-tested without a server (tests/handler/).
+names the problem and whose reason (model/preprocessing.py Reason) labels it for the metrics; it stops at decoded
+images. Their geometry, for every request of a batch at once, is `preprocessing.to_mnist_geometry_batch`. Pure
+functions, unit-tested without a server (tests/handler/).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import numpy as np
 
 from handler import open_inference
 from model import preprocessing
-from model.preprocessing import InputError
+from model.preprocessing import InputError, Reason
 
 
 @dataclass
@@ -46,32 +48,33 @@ def request_payload(row: dict) -> object:
     if not row:  # also what a form-urlencoded body (curl -d) becomes: TorchServe parses it as form fields
         raise InputError(
             "empty request: send the image as the raw body (curl --data-binary @digit.png "
-            "-H 'Content-Type: application/octet-stream', or curl -T digit.png), as multipart field 'data', or as JSON"
+            "-H 'Content-Type: application/octet-stream', or curl -T digit.png), as multipart field 'data', or as JSON",
+            Reason.EMPTY_BODY,
         )
-    raise InputError(f"expected one body or one form field named 'data', got fields {sorted(row)}")
+    raise InputError(f"expected one body or one form field named 'data', got fields {sorted(row)}", Reason.BAD_REQUEST)
 
 
 def parse_topk(value: object, num_classes: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= num_classes:
-        raise InputError(f"topk must be an integer from 1 to {num_classes}, got {value!r}")
+        raise InputError(f"topk must be an integer from 1 to {num_classes}, got {value!r}", Reason.BAD_TOPK)
     return value
 
 
 def decode_base64(text: object) -> bytes:
     if not isinstance(text, str):
-        raise InputError(f'"data" must be a base64 string, got {type(text).__name__}')
+        raise InputError(f'"data" must be a base64 string, got {type(text).__name__}', Reason.BAD_BASE64)
     if text.startswith("data:"):  # a browser's canvas.toDataURL(): data:image/png;base64,....
         text = text.partition(",")[2]
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise InputError('"data" is not valid base64') from None
+        raise InputError('"data" is not valid base64', Reason.BAD_BASE64) from None
 
 
 def decode_images_list(images: object, max_images: int) -> list[np.ndarray]:
     """JSON "images": a list of base64 images -> their grey images; an error names the image's index."""
     if not isinstance(images, list):
-        raise InputError(f'"images" must be a list of base64 images, got {type(images).__name__}')
+        raise InputError(f'"images" must be a list of base64 images, got {type(images).__name__}', Reason.BAD_JSON)
     preprocessing.check_image_count(len(images), max_images)
     return decode_each(images, lambda text: preprocessing.decode_grey(decode_base64(text)))
 
@@ -83,7 +86,7 @@ def decode_each(items: list, decode) -> list[np.ndarray]:
         try:
             greys.append(decode(item))
         except InputError as error:
-            raise InputError(f"image {index}: {error}") from None
+            raise error.in_image(index) from None
     return greys
 
 
@@ -92,7 +95,8 @@ def parse_json_object(document: object, default_topk: int, num_classes: int,
     """{"data": base64}, {"pixels": 28x28} or {"images": [base64, ...]} (+ optional "topk") -> DecodedRequest."""
     if not isinstance(document, dict):
         raise InputError(
-            f'JSON body must be an object with "data", "pixels" or "images", got {type(document).__name__}'
+            f'JSON body must be an object with "data", "pixels" or "images", got {type(document).__name__}',
+            Reason.BAD_JSON,
         )
     topk = parse_topk(document["topk"], num_classes) if "topk" in document else default_topk
     if "data" in document:
@@ -103,7 +107,8 @@ def parse_json_object(document: object, default_topk: int, num_classes: int,
         return DecodedRequest(decode_images_list(document["images"], max_images), topk, many=True)
     raise InputError(
         f'JSON body needs "data" (base64 image), "pixels" (28x28 array) or "images" (list of base64 images), '
-        f"got keys {sorted(document)}"
+        f"got keys {sorted(document)}",
+        Reason.BAD_JSON,
     )
 
 
@@ -127,12 +132,12 @@ def read_body(row: dict) -> bytes | object:
         try:
             return json.loads(payload)
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise InputError(f"invalid JSON: {error}") from None
+            raise InputError(f"invalid JSON: {error}", Reason.BAD_JSON) from None
     if isinstance(payload, str):
         try:
             return json.loads(payload)
         except json.JSONDecodeError:
-            raise InputError("text body is neither an image nor JSON") from None
+            raise InputError("text body is neither an image nor JSON", Reason.NOT_AN_IMAGE) from None
     return payload
 
 

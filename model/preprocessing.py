@@ -11,6 +11,7 @@ images per call (`to_mnist_geometry` for one).
 """
 from __future__ import annotations
 
+import enum
 import functools
 import io
 import re
@@ -50,8 +51,40 @@ NPY_MAGIC = b"\x93NUMPY"
 NPY_DTYPES = ("|u1", "<u2", ">u2", "<i2", ">i2", "<i4", ">i4", "<i8", ">i8", "<f4", ">f4", "<f8", ">f8")
 
 
+class Reason(enum.StrEnum):
+    """Why a request was refused, one of a fixed few: the Reason label of the handler's digits_refusals_total metric
+    (alerts and the dashboard match on these values). Every InputError is raised with one, so rewording a message
+    never relabels the metric."""
+
+    EMPTY_BODY = "empty_body"  # nothing to read: an empty body, no form field, no images in a list
+    NOT_AN_IMAGE = "not_an_image"  # bytes of no allowed image format, or a text body that is not JSON either
+    UNREADABLE_IMAGE = "unreadable_image"  # an image format whose bytes do not decode (truncated, corrupt)
+    IMAGE_TOO_LARGE = "image_too_large"  # more than MAX_IMAGE_PIXELS
+    IMAGE_TOO_SMALL = "image_too_small"  # a side under MIN_IMAGE_SIDE
+    BLANK_IMAGE = "blank_image"  # decoded, but no digit in it
+    BAD_BASE64 = "bad_base64"  # JSON "data" that is not a base64 string
+    BAD_JSON = "bad_json"  # JSON that does not parse, or not in the shape this API takes
+    BAD_PIXELS = "bad_pixels"  # a pixel array or values out of shape or range
+    BAD_NPY = "bad_npy"  # a .npy file that is broken or not N x 28 x 28 numbers
+    BAD_TOPK = "bad_topk"
+    TOO_MANY_IMAGES = "too_many_images"  # over a limit on images per request (InputTooLarge, HTTP 413)
+    BAD_REQUEST = "bad_request"  # anything else: a stray form field, an Open Inference Protocol request's fields
+
+
 class InputError(ValueError):
-    """A request's input is not a usable digit image. The message says why, for the client."""
+    """A request's input is not a usable digit image. The message says why, for the client; the reason says it for
+    the metrics."""
+
+    def __init__(self, message: str, reason: Reason):
+        super().__init__(message)
+        self.reason = Reason(reason)  # a value outside the fixed set fails here, where it is raised
+
+    def __reduce__(self):  # copy and pickle: the reason is not in args
+        return type(self), (str(self), self.reason)
+
+    def in_image(self, index: int) -> InputError:
+        """This refusal of one image of a multi-image request: the message names the image, the reason is kept."""
+        return InputError(f"image {index}: {self}", self.reason)
 
 
 class InputTooLarge(InputError):
@@ -73,7 +106,8 @@ def decode_grey(data: bytes) -> np.ndarray:
     clients send most), else float32 in [0, 1] from Pillow. to_mnist_geometry_batch takes either, so the
     conversion to float runs once per batch. The same refusals as decode_image."""
     if not data:
-        raise InputError("empty body: POST an image (PNG, JPEG, BMP, GIF, WEBP) or JSON as the request body")
+        raise InputError("empty body: POST an image (PNG, JPEG, BMP, GIF, WEBP) or JSON as the request body",
+                         Reason.EMPTY_BODY)
     grey = decode_plain_png(data)
     return grey if grey is not None else decode_with_pillow(data)
 
@@ -168,16 +202,19 @@ def decode_with_pillow(data: bytes) -> np.ndarray:
         # PIL refuses from the header alone when it declares more pixels than PIL's own limit (89M)
         declared = re.search(r"\((\d+) pixels\)", str(error))
         size = f"{declared.group(1)} pixels" if declared else "over PIL's limit"
-        raise InputError(f"image too large: {size}, the limit is {MAX_IMAGE_PIXELS} pixels") from None
+        raise InputError(f"image too large: {size}, the limit is {MAX_IMAGE_PIXELS} pixels",
+                         Reason.IMAGE_TOO_LARGE) from None
     except Image.UnidentifiedImageError:
-        raise InputError(f"not an image: expected one of {', '.join(ALLOWED_FORMATS)}") from None
+        raise InputError(f"not an image: expected one of {', '.join(ALLOWED_FORMATS)}", Reason.NOT_AN_IMAGE) from None
     except (OSError, ValueError, SyntaxError, struct.error, EOFError, IndexError, TypeError) as error:
-        raise InputError(f"unreadable image: {error}") from None
+        raise InputError(f"unreadable image: {error}", Reason.UNREADABLE_IMAGE) from None
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
-        raise InputError(f"image too large: {width}x{height} pixels, the limit is {MAX_IMAGE_PIXELS} pixels")
+        raise InputError(f"image too large: {width}x{height} pixels, the limit is {MAX_IMAGE_PIXELS} pixels",
+                         Reason.IMAGE_TOO_LARGE)
     if min(width, height) < MIN_IMAGE_SIDE:
-        raise InputError(f"image too small: {width}x{height} pixels, each side must be at least {MIN_IMAGE_SIDE}")
+        raise InputError(f"image too small: {width}x{height} pixels, each side must be at least {MIN_IMAGE_SIDE}",
+                         Reason.IMAGE_TOO_SMALL)
     try:
         image.seek(0)  # an animated GIF or WEBP: its first frame
         image.load()
@@ -187,7 +224,7 @@ def decode_with_pillow(data: bytes) -> np.ndarray:
     except InputError:
         raise
     except (OSError, ValueError, SyntaxError, struct.error, EOFError, IndexError, TypeError, KeyError) as error:
-        raise InputError(f"unreadable image: {error}") from None
+        raise InputError(f"unreadable image: {error}", Reason.UNREADABLE_IMAGE) from None
 
 
 def image_to_grey(image: Image.Image) -> np.ndarray:
@@ -199,7 +236,7 @@ def image_to_grey(image: Image.Image) -> np.ndarray:
     if image.mode == "F":
         pixels = np.asarray(image, dtype=np.float32)
         if not np.isfinite(pixels).all():
-            raise InputError("image holds NaN or infinite pixel values")
+            raise InputError("image holds NaN or infinite pixel values", Reason.BAD_PIXELS)
         top = 255.0 if pixels.max() > 1.0 else 1.0
         return np.clip(pixels / top, 0.0, 1.0).astype(np.float32)
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
@@ -223,14 +260,16 @@ def pixels_to_grey(pixels: object) -> np.ndarray:
         array = np.asarray(pixels, dtype=np.float64)
     except (ValueError, TypeError):
         raise InputError(
-            f"pixel array must be a {IMAGE_SIZE}x{IMAGE_SIZE} array of numbers (0-255)"
+            f"pixel array must be a {IMAGE_SIZE}x{IMAGE_SIZE} array of numbers (0-255)",
+            Reason.BAD_PIXELS,
         ) from None
     if array.shape != (IMAGE_SIZE, IMAGE_SIZE):
-        raise InputError(f"pixel array must be {IMAGE_SIZE}x{IMAGE_SIZE}, got shape {list(array.shape)}")
+        raise InputError(f"pixel array must be {IMAGE_SIZE}x{IMAGE_SIZE}, got shape {list(array.shape)}",
+                         Reason.BAD_PIXELS)
     if not np.isfinite(array).all():
-        raise InputError("pixel array holds NaN or infinite values")
+        raise InputError("pixel array holds NaN or infinite values", Reason.BAD_PIXELS)
     if array.min() < 0 or array.max() > 255:
-        raise InputError(f"pixel values must lie in 0..255, got {array.min():g}..{array.max():g}")
+        raise InputError(f"pixel values must lie in 0..255, got {array.min():g}..{array.max():g}", Reason.BAD_PIXELS)
     return (array / 255.0).astype(np.float32)
 
 
@@ -262,7 +301,7 @@ def to_mnist_geometry_batch(greys, resolution: int = DIGIT_BOX,
         # On the CPU the work runs in numpy (see _geometry_of_one_size), elsewhere in torch on the device.
         group_frames, blank = _geometry_of_one_size(_as_unit_float(group, device), resolution)
         for position in np.flatnonzero(blank).tolist():
-            errors[indices[position]] = InputError("blank image: no digit found")
+            errors[indices[position]] = InputError("blank image: no digit found", Reason.BLANK_IMAGE)
         group_frames = torch.as_tensor(group_frames, device=device)
         if len(indices) == len(greys):  # the common case: one size for all
             return group_frames, errors
@@ -289,7 +328,8 @@ def _same_size_groups(greys, errors: list):
     groups: dict[tuple, list[int]] = {}
     for index, grey in enumerate(greys):
         if grey.ndim != 2 or min(grey.shape) < 1:
-            errors[index] = InputError(f"expected a 2-D grey image, got shape {list(grey.shape)}")
+            errors[index] = InputError(f"expected a 2-D grey image, got shape {list(grey.shape)}",
+                                       Reason.UNREADABLE_IMAGE)
             continue
         groups.setdefault((tuple(grey.shape), str(grey.dtype) in ("uint8", "torch.uint8")), []).append(index)
     for (_, is_uint8), indices in groups.items():
@@ -436,9 +476,9 @@ def pixels_to_tensor(pixels: object, resolution: int = DIGIT_BOX) -> torch.Tenso
 
 def check_image_count(count: int, limit: int = MAX_IMAGES_PER_REQUEST) -> None:
     if count < 1:
-        raise InputError("no images in the request")
+        raise InputError("no images in the request", Reason.EMPTY_BODY)
     if count > limit:
-        raise InputTooLarge(f"{count} images in one request; the limit is {limit}")
+        raise InputTooLarge(f"{count} images in one request; the limit is {limit}", Reason.TOO_MANY_IMAGES)
 
 
 def decode_npy_frames(data: bytes, limit: int = MAX_IMAGES_PER_REQUEST) -> np.ndarray:
@@ -458,24 +498,25 @@ def decode_npy_frames(data: bytes, limit: int = MAX_IMAGES_PER_REQUEST) -> np.nd
         else:
             raise ValueError(f"unsupported .npy version {version}")
     except ValueError as error:
-        raise InputError(f"not a valid .npy file: {error}") from None
+        raise InputError(f"not a valid .npy file: {error}", Reason.BAD_NPY) from None
     if dtype.str not in NPY_DTYPES:
-        raise InputError(f".npy dtype must be an integer or float type, got {dtype.str}")
+        raise InputError(f".npy dtype must be an integer or float type, got {dtype.str}", Reason.BAD_NPY)
     if len(shape) == 2:
         shape = (1, *shape)
     if len(shape) != 3 or tuple(shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
-        raise InputError(f".npy array must have shape N x {IMAGE_SIZE} x {IMAGE_SIZE}, got {list(shape)}")
+        raise InputError(f".npy array must have shape N x {IMAGE_SIZE} x {IMAGE_SIZE}, got {list(shape)}",
+                         Reason.BAD_NPY)
     check_image_count(shape[0], limit)
     payload = data[stream.tell():]
     expected = shape[0] * IMAGE_SIZE * IMAGE_SIZE * dtype.itemsize
     if len(payload) != expected:
-        raise InputError(f".npy holds {len(payload)} bytes of data, its header promises {expected}")
+        raise InputError(f".npy holds {len(payload)} bytes of data, its header promises {expected}", Reason.BAD_NPY)
     frames = np.frombuffer(payload, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
     if dtype.kind == "f" and not np.isfinite(frames).all():
-        raise InputError(".npy frames hold NaN or infinite values")
+        raise InputError(".npy frames hold NaN or infinite values", Reason.BAD_NPY)
     low, high = frames.min(), frames.max()
     if low < 0 or high > 255:
-        raise InputError(f"pixel values must lie in 0..255, got {low:g}..{high:g}")
+        raise InputError(f"pixel values must lie in 0..255, got {low:g}..{high:g}", Reason.BAD_PIXELS)
     return frames.astype(np.float32) / np.float32(255.0)
 
 
@@ -484,7 +525,7 @@ def frames_to_tensor(frames: np.ndarray, resolution: int = DIGIT_BOX) -> torch.T
     geometric, errors = to_mnist_geometry_batch(frames, resolution)
     for index, error in enumerate(errors):
         if error is not None:
-            raise InputError(f"image {index}: {error}")
+            raise error.in_image(index)
     return normalize(geometric)
 
 

@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 
 import train
+from model.checkpoint import load_checkpoint
+from model.digit_cnn import DigitCNNConfig
 from tests.support import ROOT
 from tests.support.tolerances import ACCURACY_FLOOR
 
@@ -32,8 +34,8 @@ def test_default_run_reaches_98_percent_on_held_out_real_mnist_digits(metrics, a
     assert abs(np.trace(matrix) / matrix.sum() - metrics["test_accuracy"]) < 1e-9
     assert set(metrics["per_class_accuracy"]) == {str(i) for i in range(10)}
     # A model trained on MNIST serves at full resolution: the checkpoint, the handler's one source, says so.
-    checkpoint = torch.load(artifacts / train.WEIGHTS_FILE, weights_only=True)
-    assert checkpoint["preprocessing"]["resolution"] == 20 and checkpoint["dataset"] == "mnist-sample"
+    _, _, record = load_checkpoint(artifacts / train.WEIGHTS_FILE)
+    assert record["preprocessing"]["resolution"] == 20 and record["dataset"] == "mnist-sample"
 
 
 def test_mnist_sample_is_5000_real_digits_split_without_overlap():
@@ -59,8 +61,8 @@ def test_digits_dataset_still_trains_and_serves_at_resolution_10(tmp_path):
     metrics = train.main(["--dataset", "digits", "--epochs", "3", "--output-dir", str(tmp_path)])
     assert metrics["sizes"]["test"] == 270 and metrics["recipe"]["augment"] == "scans"
     assert metrics["test_accuracy"] > 0.8  # 3 epochs: learning, not the full recipe
-    checkpoint = torch.load(tmp_path / train.WEIGHTS_FILE, weights_only=True)
-    assert checkpoint["preprocessing"]["resolution"] == train.DIGITS_RESOLUTION == 10
+    _, _, record = load_checkpoint(tmp_path / train.WEIGHTS_FILE)
+    assert record["preprocessing"]["resolution"] == train.DIGITS_RESOLUTION == 10
 
 
 def test_extra_digits_join_the_training_split_only(tmp_path):
@@ -108,9 +110,19 @@ def dry_run(out):
 def test_dry_run_is_deterministic_on_cpu(tmp_path):
     dry_run(tmp_path / "a")
     dry_run(tmp_path / "b")
-    first = torch.load(tmp_path / "a" / train.WEIGHTS_FILE, weights_only=True)["state_dict"]
-    second = torch.load(tmp_path / "b" / train.WEIGHTS_FILE, weights_only=True)["state_dict"]
+    first = load_checkpoint(tmp_path / "a" / train.WEIGHTS_FILE)[0].state_dict()
+    second = load_checkpoint(tmp_path / "b" / train.WEIGHTS_FILE)[0].state_dict()
     assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_the_architecture_flags_reach_the_checkpoint_and_the_metrics(tmp_path, metrics):
+    shipped = {"in_channels": 1, "conv_channels": [16, 32], "hidden": [120, 84], "num_classes": 10, "image_size": 28}
+    assert metrics["recipe"]["arch"] == shipped
+    narrow = train.main(["--channels", "6", "16", "--dry-run", "--output-dir", str(tmp_path)])
+    model, config, record = load_checkpoint(tmp_path / train.WEIGHTS_FILE)
+    assert config == DigitCNNConfig(conv_channels=(6, 16))
+    assert record["arch"] == narrow["recipe"]["arch"] == {**shipped, "conv_channels": [6, 16]}
+    assert model.features[0].out_channels == 6
 
 
 def test_folder_dataset_uses_subfolder_names(tmp_path):
@@ -146,8 +158,8 @@ def test_mnist_from_raw_idx_files(tmp_path):
         )
     metrics = train.main(["--dataset", "mnist", "--data-dir", str(tmp_path), "--dry-run", "--output-dir", str(tmp_path / "out")])
     assert metrics["sizes"]["test"] == 50 and metrics["sizes"]["train"] + metrics["sizes"]["validation"] == 150
-    checkpoint = torch.load(tmp_path / "out" / train.WEIGHTS_FILE, weights_only=True)
-    assert checkpoint["preprocessing"]["resolution"] == 20
+    _, _, record = load_checkpoint(tmp_path / "out" / train.WEIGHTS_FILE)
+    assert record["preprocessing"]["resolution"] == 20
 
 
 def test_help_shows_every_default():

@@ -40,7 +40,8 @@ def create_app():
 
     from handler.digit_handler import (DEFAULT_TOPK, DIGEST_FILE, InputError, InputTooLarge, format_error,
                                        format_ranked, load_labels, load_model, optimize_for_cpu, parse_request,
-                                       predict, preprocess, verify_weights, checkpoint_resolution)
+                                       predict, preprocess, verify_weights)
+    from model.checkpoint import training_resolution
 
     torch.set_num_threads(int(os.environ.get(ENV_THREADS, "1")))
     model_dir = Path(os.environ[ENV_MODEL_DIR])
@@ -50,7 +51,7 @@ def create_app():
     model, checkpoint = load_model(str(weights), torch.device("cpu"))
     model = optimize_for_cpu(model)
     labels = load_labels(str(model_dir), checkpoint["arch"]["num_classes"])
-    resolution = checkpoint_resolution(checkpoint)
+    resolution = training_resolution(checkpoint)
     expected = f"Bearer {Path(os.environ[ENV_TOKEN_FILE]).read_text().strip()}".encode()
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)

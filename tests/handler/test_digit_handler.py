@@ -15,10 +15,9 @@ import train
 from handler import digit_handler
 from handler.digit_handler import DigitHandler
 from model import preprocessing
-from model.preprocessing import InputError
-from tests.support import ROOT
+from model.preprocessing import InputError, Reason
+from tests.support import ROOT, bad_inputs
 from tests.support.images import npy_bytes, png_bytes, sklearn_scans_u8
-from tests.support import bad_inputs
 
 
 @pytest.fixture(scope="module")
@@ -427,6 +426,19 @@ def test_a_batch_reports_its_requests_refusals_images_and_answers(handler, model
     assert len(metrics) == len(set((name, tuple(dimensions.items())) for name, _, dimensions in metrics))
 
 
+def test_initialize_logs_where_its_code_came_from(model_dir, caplog):
+    """The start line names the files the worker's code was imported from (here: this checkout's, as pytest imports
+    them; in a TorchServe worker the archive's: tests/integration/test_server.py). Its head stays what
+    scripts/gpu_check.sh greps."""
+    caplog.set_level("INFO")
+    DigitHandler().initialize(make_context(model_dir, 1))
+    line = next(record.getMessage() for record in caplog.records if "digit model loaded" in record.getMessage())
+    assert line.startswith(f"digit model loaded on cpu by pid {os.getpid()} (preprocessing on cpu, ")
+    files = line.rpartition(") from ")[2].split(", ")
+    assert files == [str(ROOT / name) for name in ("model/digit_cnn.py", "model/checkpoint.py",
+                                                   "model/preprocessing.py", "handler/wire.py")]
+
+
 def test_a_worker_reports_its_start_memory_and_cpu(model_dir, caplog):
     caplog.set_level("INFO")
     DigitHandler().initialize(make_context(model_dir, 1))
@@ -453,7 +465,8 @@ def test_every_refusal_of_the_bad_input_matrix_has_its_own_reason(name, test_spl
 
 
 def test_refusal_reasons_of_multi_image_requests_and_limits():
-    assert digit_handler.refusal_reason(InputError("image 3: image 0: blank image: no digit found")) == "blank_image"
-    assert digit_handler.refusal_reason(preprocessing.InputTooLarge("300 images in one request")) == "too_many_images"
+    blank = InputError("blank image: no digit found", Reason.BLANK_IMAGE)
+    assert digit_handler.refusal_reason(blank.in_image(0).in_image(3)) == "blank_image"
+    too_many = preprocessing.InputTooLarge("300 images in one request", Reason.TOO_MANY_IMAGES)
+    assert digit_handler.refusal_reason(too_many) == "too_many_images"
     assert digit_handler.refusal_reason(RuntimeError("bug")) == "internal"
-    assert digit_handler.refusal_reason(InputError("something new")) == "bad_request"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,6 +183,23 @@ def test_describe_shows_the_shipped_model_config(server):
     for key in ("batchSize", "maxBatchDelay", "minWorkers", "maxWorkers", "responseTimeout"):
         assert description[key] == shipped[key], key
     assert len(description["workers"]) == shipped["minWorkers"]
+
+
+def test_workers_run_the_archives_code_not_the_checkouts(server):
+    """Every worker logs, once at start, the files its network, checkpoint reader, preprocessing and request reading
+    were imported from: all must lie in the copy of the .mar that TorchServe extracted (models/<id>/ under the
+    server's temp dir), none in this checkout, which a stray path entry could otherwise put first."""
+    assert not server.wait_for_log(["digit model loaded on"], timeout=30)
+    extracted = Path(server.env["TEMP"]).resolve() / "models"
+    lines = [line for line in server.settled_logs()["model_log.log"].splitlines() if "digit model loaded on" in line]
+    assert len(lines) >= 3, lines  # digits' two workers and digits_batch's one
+    for line in lines:
+        files = [Path(name) for name in line.rstrip().rpartition(") from ")[2].split(", ")]
+        assert [file.parts[-2:] for file in files] == [("model", "digit_cnn.py"), ("model", "checkpoint.py"),
+                                                       ("model", "preprocessing.py"), ("handler", "wire.py")], line
+        for file in files:
+            assert file.is_relative_to(extracted) and not file.is_relative_to(ROOT.resolve()), line
+            assert file.is_file(), line
 
 
 def test_requests_write_no_log_lines(server, test_split):

@@ -4,7 +4,7 @@ from ts.utils.util import list_classes_from_module
 
 import model.digit_cnn as digit_cnn_module
 from model import preprocessing
-from model.digit_cnn import DigitCNN
+from model.digit_cnn import DigitCNN, DigitCNNConfig
 
 
 def test_output_shape_for_a_batch():
@@ -29,4 +29,4 @@ def test_model_file_defines_exactly_one_module_for_torchserves_loader():
 
 
 def test_num_classes_is_configurable():
-    assert DigitCNN(num_classes=4)(torch.zeros(2, 1, 28, 28)).shape == (2, 4)
+    assert DigitCNN(DigitCNNConfig(num_classes=4))(torch.zeros(2, 1, 28, 28)).shape == (2, 4)
