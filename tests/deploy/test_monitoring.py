@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.metric_labels import LABEL_VALUES
 from tests.support.system import PROMETHEUS, ensure_packages
 
 PACKAGES = PROMETHEUS  # promtool; installed in the background from collection on (tests/conftest.py)
@@ -69,17 +70,6 @@ def must_be_shown() -> set[str]:
     return counters | set(declared_metrics()["model_metrics"]) | set(GATEWAY_METRICS)
 
 
-# Labels with a closed set of values: a matcher naming any other value is a typo that matches nothing.
-LABEL_VALUES: dict[str, frozenset[str]] = {
-    "InputKind": frozenset({"image", "pixels", "multi_image"}),
-    "ErrorType": frozenset({"InputError", "InputTooLarge", "InternalError"}),
-    "Reason": frozenset({"empty_body", "not_an_image", "unreadable_image", "image_too_large", "image_too_small",
-                         "blank_image", "bad_json", "bad_base64", "bad_pixels", "bad_npy", "too_many_images",
-                         "bad_topk", "bad_request", "internal"}),
-    "Label": frozenset(str(digit) for digit in range(10)),
-    "protocol": frozenset({"rest", "grpc", "health"}),
-    "Level": frozenset({"Host", "Model"}),
-}
 SEVERITIES = {"critical", "warning"}
 ANNOTATIONS = {"summary", "description", "runbook"}
 

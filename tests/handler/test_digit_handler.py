@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from ts.context import Context, RequestProcessor
-from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 import train
 from handler import digit_handler
@@ -17,56 +15,8 @@ from handler.digit_handler import DigitHandler
 from model import preprocessing
 from model.preprocessing import InputError, Reason
 from tests.support import ROOT, bad_inputs
+from tests.support.handler_context import GRPC_REQUEST, REST_REQUEST, make_context, run_batch
 from tests.support.images import npy_bytes, png_bytes, sklearn_scans_u8
-
-
-@pytest.fixture(scope="module")
-def model_dir(artifacts, tmp_path_factory):
-    """What TorchServe unpacks from the .mar, as far as the handler reads it."""
-    directory = tmp_path_factory.mktemp("model_dir")
-    shutil.copy(artifacts / train.WEIGHTS_FILE, directory)
-    shutil.copy(artifacts / "index_to_name.json", directory)
-    digest = digit_handler.file_sha256(str(directory / train.WEIGHTS_FILE))
-    (directory / digit_handler.DIGEST_FILE).write_text(f"{digest}  {train.WEIGHTS_FILE}\n")
-    return directory
-
-
-# What TorchServe gives the worker for a REST request (its HTTP headers) and for a gRPC one (only input fields).
-REST_REQUEST = {"Host": "127.0.0.1:8080", "Authorization": "Bearer token", "body": {"content-type": "image/png"}}
-GRPC_REQUEST = {"data": {"content-type": None}}
-
-
-def make_context(model_dir, batch_size: int, yaml_config=None, requests=None) -> Context:
-    context = Context(
-        model_name="digits",
-        model_dir=str(model_dir),
-        manifest={"model": {"serializedFile": train.WEIGHTS_FILE, "modelName": "digits"}},
-        batch_size=batch_size,
-        gpu=None,
-        mms_version="0.12.0",
-        model_yaml_config=yaml_config if yaml_config is not None else {"handler": {"topk": 3}},
-    )
-    context.request_processor = [RequestProcessor(dict(properties)) for properties in requests or [REST_REQUEST] * batch_size]
-    # TorchServe's own metrics cache, with the bundle's metrics.yaml, as a worker has it.
-    metrics = MetricsCacheYamlImpl(config_file_path=str(ROOT / "metrics.yaml"))
-    metrics.initialize_cache()
-    metrics.set_request_ids({idx: f"request-{idx}" for idx in range(batch_size)})
-    context.metrics = metrics
-    return context
-
-
-@pytest.fixture(scope="module")
-def handler(model_dir):
-    handler = DigitHandler()
-    handler.initialize(make_context(model_dir, 1))
-    return handler
-
-
-def run_batch(handler, model_dir, rows):
-    context = make_context(model_dir, len(rows))
-    results = handler.handle(rows, context)
-    statuses = [context.get_response_status(idx)[0] for idx in range(len(rows))]
-    return [json.loads(result) for result in results], statuses, context
 
 
 def test_training_and_serving_produce_the_same_tensor():

@@ -13,7 +13,7 @@ from handler.wire import DecodedRequest
 from model import preprocessing
 from model.preprocessing import InputError, InputTooLarge, Reason
 from tests.support.images import png_bytes
-from tests.handler.test_digit_handler import GRPC_REQUEST, REST_REQUEST
+from tests.support.handler_context import GRPC_REQUEST, REST_REQUEST
 
 STROKE = np.zeros((28, 28), np.uint8)
 STROKE[6:22, 12:16] = 255  # a "1"

@@ -12,7 +12,7 @@ from model import preprocessing
 from model.preprocessing import InputError, InputTooLarge, Reason
 from tests.support import ROOT
 from tests.support.images import npy_bytes, png_bytes
-from tests.deploy.test_monitoring import LABEL_VALUES
+from tests.support.metric_labels import LABEL_VALUES
 
 # Where requests are refused: every InputError of the bundle is raised in these files.
 RAISING_FILES = ("model/preprocessing.py", "handler/wire.py", "handler/open_inference.py", "handler/digit_handler.py")

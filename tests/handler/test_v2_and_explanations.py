@@ -11,7 +11,7 @@ from handler.digit_handler import load_model
 from model import preprocessing
 from model.preprocessing import InputError, InputTooLarge
 from tests.support.images import png_bytes
-from tests.handler.test_digit_handler import GRPC_REQUEST, REST_REQUEST, handler, make_context, model_dir  # noqa: F401
+from tests.support.handler_context import GRPC_REQUEST, REST_REQUEST, make_context
 from tests.support import bad_inputs
 from tests.support.tolerances import (DEFAULT_STEPS_MAX_ERROR, DEFAULT_STEPS_MEDIAN_ERROR, FINE_MAX_ERROR,
                               FINE_STEPS)

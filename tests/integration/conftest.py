@@ -12,24 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from serving import launch
 from serving.archive import package
 from serving.processes import pid_alive
-from serving import launch
 from tests.support import ROOT
+from tests.support.archives import BATCH_MODEL, BATCH_MODEL_CONFIG
 from tests.support.images import png_bytes
-
-BATCH_MODEL = "digits_batch"
-# A model with one worker and a long batch delay, so concurrent requests are sure to share a batch.
-BATCH_MODEL_CONFIG = """\
-minWorkers: 1
-maxWorkers: 1
-batchSize: 8
-maxBatchDelay: 1000
-responseTimeout: 30
-handler:
-  torch_threads: 1
-"""
-
 
 @pytest.fixture(scope="session")
 def artifacts_v2(tmp_path_factory) -> Path:

@@ -13,7 +13,7 @@ import requests
 from tests.support import ROOT
 from tests.support.images import npy_bytes, png_bytes
 from tests.support import bad_inputs
-from tests.integration.conftest import BATCH_MODEL
+from tests.support.archives import BATCH_MODEL
 from tests.support.tolerances import ACCURACY_FLOOR
 
 pytestmark = pytest.mark.integration
