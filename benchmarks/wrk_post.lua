@@ -1,8 +1,8 @@
 -- wrk script for the benchmark (python -m benchmarks): POST request bodies with a bearer token, then print one JSON line with the
 -- counts and latency percentiles (microseconds).
 --
---   wrk -t1 -c64 -d10s -s scripts/wrk_post.lua URL -- TOKEN TYPE BODY                        # load
---   wrk -t32 -c32 -d10s -s scripts/wrk_post.lua URL -- TOKEN TYPE BODY=LABEL BODY=LABEL ...   # every answer checked
+--   wrk -t1 -c64 -d10s -s benchmarks/wrk_post.lua URL -- TOKEN TYPE BODY                        # load
+--   wrk -t32 -c32 -d10s -s benchmarks/wrk_post.lua URL -- TOKEN TYPE BODY=LABEL BODY=LABEL ...   # every answer checked
 --
 -- Checked: the bodies are sent in turn, and an answer counts as wrong unless it is a 200 whose top-1 "label" is
 -- exactly the label of the body sent on that connection. That needs one connection per thread (-t equal to -c):
