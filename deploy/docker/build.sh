@@ -113,14 +113,15 @@ if grep -q "^global.cert=" <<<"$pip_config"; then
   build_args+=(--build-arg "PIP_CERT=/etc/ssl/certs/ca-certificates.crt")
 fi
 
-# ---- the context: what the image needs, and nothing else
+# ---- the context: what the image needs, and nothing else. The list is .dockerignore's (`!path` lines), the one
+# place that names it, so `docker build .` by hand sends the same files; the archive comes from --archive.
 context="$work/context"
 mkdir -p "$context/model_store"
-cp "$root/Dockerfile" "$root/requirements.txt" "$root/config.properties" "$root/metrics.yaml" "$root/log4j2.xml" \
-  "$root/train.py" "$context/"
-for dir in model handler scripts gateway web; do
-  cp -r "$root/$dir" "$context/$dir"
-done
+while read -r entry; do
+  entry="${entry%/}"
+  [ "$entry" = model_store/digits.mar ] && continue
+  cp -r "$root/$entry" "$context/$entry"
+done < <(sed -n 's/^!//p' "$root/.dockerignore")
 find "$context" -name __pycache__ -prune -exec rm -rf {} +
 [ -z "$target" ] || [ -f "$archive" ] || archive=/dev/null  # a stage before the archive's COPY needs none
 cp "$archive" "$context/model_store/digits.mar"
