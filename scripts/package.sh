@@ -78,7 +78,11 @@ cp "$labels" "$stage/index_to_name.json"
 
 mkdir -p "$export_path"
 # torch-model-archiver names the file after the model; TorchServe reads name and version from the manifest.
-"$archiver" \
+# It also stages the archive in $TMPDIR/<model name>, deleting whatever is there before and after: given the
+# shared /tmp, packaging "digits" would delete /tmp/digits (the image's state directory, with the running gateway's
+# keys and sockets). Its own TMPDIR, inside our scratch directory, keeps it to itself.
+mkdir "$out/tmp"
+TMPDIR="$out/tmp" "$archiver" \
   --model-name "$model_name" \
   --version "$version" \
   --model-file "$root/model/digit_cnn.py" \
