@@ -133,48 +133,6 @@ kserve-client: $(KSERVE_VENV)/.installed  ## KServe's Python SDK in .venv-kserve
 CHECK_TESTS := tests/model tests/handler tests/test_train.py tests/test_layout.py tests/test_makefile.py \
 	tests/test_docs.py tests/serving tests/scripts tests/benchmarks tests/gateway tests/deploy tests/web/test_files.py \
 	tests/integration/test_server.py tests/integration/test_grpc.py
-check: $(VENV)/.installed  ## prove the workers run on CUDA (exits 0 with a note where there is no GPU)
-	scripts/gpu_check.sh
-
-# The container image. Its version tag is the one deploy/k8s pins (a test keeps the two equal).
-IMAGE := digits-serve
-IMAGE_VERSION := 1.0.0
-docker:  ## make sure Docker answers: install docker.io and start a daemon (no bridge network) if none runs
-	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null || { echo "installing docker.io debootstrap (apt-get)"; \
-	  $(SUDO) apt-get install -y -q docker.io debootstrap >/dev/null 2>&1 || { $(SUDO) apt-get update -q >/dev/null && \
-	  $(SUDO) apt-get install -y -q docker.io debootstrap >/dev/null; }; }
-	@docker info >/dev/null 2>&1 || { mkdir -p logs; echo "starting dockerd (log: logs/dockerd.log; stop it with: $(SUDO) kill \$$(cat /var/run/docker.pid))"; \
-	  $(SUDO) sh -c 'nohup dockerd --bridge=none --iptables=false --ip-masq=false >logs/dockerd.log 2>&1 &'; \
-	  for i in $$(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done; docker info >/dev/null; }
-
-image: package docker  ## build the image digits-serve:1.0.0 (and :latest) around model_store/digits.mar
-	deploy/docker/build.sh --archive model_store/digits.mar --tag $(IMAGE):$(IMAGE_VERSION) --tag $(IMAGE):latest
-
-# Every layer the Dockerfile builds carries this label, and so does the base image build.sh makes offline: the
-# tests keep them as the build cache for the next run (each is gigabytes).
-IMAGE_LABEL := io.digits-serve.project=digits-serve
-docker-clean:  ## remove this project's images and build cache from Docker (make test keeps the cache)
-	@for pass in 1 2 3 4 5 6; do ids="$$(docker image ls -a -q --filter label=$(IMAGE_LABEL) | sort -u)"; \
-	  [ -n "$$ids" ] || break; docker rmi -f $$ids >/dev/null 2>&1 || true; done; \
-	  left="$$(docker image ls -a -q --filter label=$(IMAGE_LABEL))"; \
-	  [ -z "$$left" ] || { echo "docker-clean: still there (in use by a container?): $$left" >&2; exit 1; }
-
-# KServe's Python SDK, the third-party client of the Open Inference Protocol tests: its own venv (it pins protobuf
-# and grpcio below the bundle's).
-KSERVE_VENV := .venv-kserve
-$(KSERVE_VENV)/.installed: tests/support/kserve-requirements.txt
-	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
-	$(KSERVE_VENV)/bin/python -m pip install --quiet -r tests/support/kserve-requirements.txt
-	touch $@
-
-kserve-client: $(KSERVE_VENV)/.installed  ## KServe's Python SDK in .venv-kserve (for the Open Inference Protocol tests)
-
-# Two tiers (docs/testing.md). `make check`, the inner loop (under 2 minutes once .venv exists): the unit tests and
-# one real TorchServe (REST, gRPC, every bad input). `make test`, what CI runs: everything (Docker, nginx,
-# Chromium, Prometheus, the benchmark's smoke run; about 9 minutes of tests with Docker's build cache warm).
-CHECK_TESTS := tests/model tests/handler tests/test_train.py tests/test_layout.py tests/test_makefile.py tests/test_docs.py tests/serving tests/scripts \
-	tests/benchmarks tests/gateway tests/deploy tests/web/test_files.py tests/integration/test_server.py \
-	tests/integration/test_grpc.py
 check: $(VENV)/.installed  ## the inner loop: unit tests and one real TorchServe (REST, gRPC, bad input)
 	$(PY) -m pytest $(CHECK_TESTS)
 

@@ -105,3 +105,9 @@ def test_what_training_reads_makes_the_weights_stale(scratch, source):
     assert not stale(scratch, "artifacts/digit_cnn.pt")
     touch_later(scratch / source)
     assert stale(scratch, "artifacts/digit_cnn.pt"), f"editing {source} leaves the trained weights as they were"
+
+
+def test_the_makefile_defines_each_target_once():
+    """make warns, and keeps the last, when a target's recipe is written twice: one of them is silently dead."""
+    result = subprocess.run(["make", "-n", "help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
