@@ -127,9 +127,9 @@ $(KSERVE_VENV)/.installed: tests/support/kserve-requirements.txt
 
 kserve-client: $(KSERVE_VENV)/.installed  ## KServe's Python SDK in .venv-kserve (for the Open Inference Protocol tests)
 
-# Two tiers (docs/testing.md). `make check`, the inner loop (under 2 minutes once .venv exists): the unit tests and
+# Two tiers (docs/testing.md). `make check`, the inner loop (about 2 minutes once .venv exists): the unit tests and
 # one real TorchServe (REST, gRPC, every bad input). `make test`, what CI runs: everything (Docker, nginx,
-# Chromium, Prometheus, the benchmark's smoke run; about 9 minutes of tests with Docker's build cache warm).
+# Chromium, Prometheus, the benchmark's smoke run; about 10 minutes of tests with Docker's build cache warm).
 CHECK_TESTS := tests/model tests/handler tests/test_train.py tests/test_layout.py tests/test_makefile.py \
 	tests/test_docs.py tests/serving tests/scripts tests/benchmarks tests/gateway tests/deploy tests/web/test_files.py \
 	tests/integration/test_server.py tests/integration/test_grpc.py
