@@ -162,20 +162,18 @@ class Server:
                 last, stable_since = now, time.monotonic()
         return {path.name: path.read_text(errors="replace") for path in last}
 
-    def wait_until_ready(self, timeout: float = 180, stop_on_failure: bool = True) -> None:
-        """Until every worker of every model it loads is READY. RuntimeError with the logs' tails if it does not
-        get there (the server stopped first, unless `stop_on_failure` is false)."""
+    def wait_until_ready(self, timeout: float = 180) -> None:
+        """Until every worker of every model it loads is READY. Stops the server when it does not get there and
+        raises RuntimeError with the logs' tails."""
         try:
             for model in dict.fromkeys(model_name_of(self.store / archive) for archive in self.models.split(",")):
                 wait_until_ready(self.endpoints, model, timeout, self.running)
         except (TimeoutError, RuntimeError) as error:
             tail = self.log_tail()
-            if stop_on_failure:
-                self.stop()
+            self.stop()
             raise RuntimeError(f"TorchServe did not become ready: {error}\n{tail}") from None
         except BaseException:  # anything else (a bug, Ctrl-C): never leave the server behind
-            if stop_on_failure:
-                self.stop()
+            self.stop()
             raise
 
     def ports(self) -> list[int]:

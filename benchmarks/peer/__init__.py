@@ -10,6 +10,7 @@ from pathlib import Path
 
 from serving.config import ROOT
 from serving.ports import free_ports
+from serving.processes import kill_all, process_tree, wait_for_exit
 from serving.rest import http_json
 
 
@@ -46,14 +47,7 @@ def wait_for_peer(ping: str, process: subprocess.Popen, log: Path, timeout: floa
 
 def stop_process_tree(process: subprocess.Popen, timeout: float = 30) -> None:
     """SIGTERM to uvicorn's supervisor (it stops its workers), then SIGKILL to whatever of that tree is left."""
-    import psutil
-
-    try:
-        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        tree = []
+    tree = process_tree(process.pid)
     process.terminate()
-    _, alive = psutil.wait_procs(tree, timeout=timeout)
-    for leftover in alive:
-        leftover.kill()
+    kill_all(wait_for_exit(tree, timeout))
     process.wait(timeout=timeout)
