@@ -186,18 +186,11 @@ def test_unexpected_error_costs_only_that_request(handler, model_dir, test_split
     assert answers[0]["type"] == "InternalError" and answers[1]["label"] == str(labels[1])
 
 
-def test_a_bug_in_the_batched_geometry_costs_only_its_request(handler, model_dir, test_split, monkeypatch):
+@pytest.mark.usefixtures("broken_geometry")
+def test_a_bug_in_the_batched_geometry_costs_only_its_request(handler, model_dir, test_split):
     """An unexpected error in the batch's geometry: the batch is preprocessed again one request at a time, and only
     the request whose image triggers it gets a 500."""
     images, labels = test_split
-    real_geometry = preprocessing.to_mnist_geometry_batch
-
-    def flaky(greys, *args, **kwargs):
-        if any(grey.shape == (29, 29) for grey in greys):
-            raise RuntimeError("a bug")
-        return real_geometry(greys, *args, **kwargs)
-
-    monkeypatch.setattr(preprocessing, "to_mnist_geometry_batch", flaky)
     odd = np.pad(images[2], ((0, 1), (0, 1)))
     answers, statuses, _ = run_batch(handler, model_dir, [{"body": bytearray(png_bytes(image))} for image in
                                                           (images[0], odd, images[1])])

@@ -4,16 +4,16 @@ import base64
 import logging
 
 import numpy as np
+import pytest
 import torch
 
 from handler import digit_handler, open_inference
 from handler.batch import BatchRequest
 from handler.digit_handler import format_answer, format_refusal, preprocess_batch, read_request
 from handler.wire import DecodedRequest
-from model import preprocessing
 from model.preprocessing import InputError, InputTooLarge, Reason
-from tests.support.images import png_bytes
 from tests.support.handler_context import GRPC_REQUEST, REST_REQUEST
+from tests.support.images import png_bytes
 
 STROKE = np.zeros((28, 28), np.uint8)
 STROKE[6:22, 12:16] = 255  # a "1"
@@ -92,15 +92,8 @@ def test_preprocess_of_a_batch_all_answered_or_all_refused():
     assert preprocess_batch([], 20).shape == (0, 1, 28, 28)
 
 
-def test_a_bug_in_the_batched_preprocessing_costs_only_its_request(monkeypatch):
-    real = preprocessing.to_mnist_geometry_batch
-
-    def flaky(greys, *args, **kwargs):
-        if any(grey.shape == (29, 29) for grey in greys):
-            raise RuntimeError("a bug")
-        return real(greys, *args, **kwargs)
-
-    monkeypatch.setattr(preprocessing, "to_mnist_geometry_batch", flaky)
+@pytest.mark.usefixtures("broken_geometry")
+def test_a_bug_in_the_batched_preprocessing_costs_only_its_request():
     requests = [decoded(STROKE), decoded(np.pad(STROKE, ((0, 1), (0, 1)))), decoded(STROKE)]
     inputs = preprocess_batch(requests, 20)
     assert isinstance(requests[1].refusal, RuntimeError) and inputs.shape == (2, 1, 28, 28)
