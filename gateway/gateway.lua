@@ -97,6 +97,23 @@ function M.health(readiness)
   return add_torchserve_key()
 end
 
+-- header_filter_by_lua (the REST server): drop an answer TorchServe wrote for another request. TorchServe 0.12.0,
+-- scaling a worker down, can answer a request twice on one keep-alive connection (docs/serving.md, "Scaling down
+-- under load"), and nginx would read the copy as the answer to the next request it sent on that connection, maybe
+-- another client's. The gateway sends each request's own id ($request_id) as X-Request-Id and the handler echoes
+-- it in X-Client-Request-Id: an answer echoing another id is dropped with its connection (whose next answer would
+-- be this request's), and this client sees its request fail instead of reading someone else's answer.
+function M.check_answer()
+  local echoed = ngx.var.upstream_http_x_client_request_id
+  if echoed and echoed ~= "" and echoed ~= ngx.var.request_id then
+    state:incr("stray_answers", 1, 0)
+    ngx.var.gateway_refused = 502 -- counted as a bad answer from upstream; the client sees its connection close
+    ngx.log(ngx.ERR, "dropped TorchServe's answer to request ", echoed, " sent for request ", ngx.var.request_id,
+      ", and its connection")
+    return ngx.exit(ngx.ERROR)
+  end
+end
+
 -- log_by_lua (every request of the REST and gRPC servers): the request is done (answered, failed or abandoned
 -- by its client). Counts the answer for the metrics.
 function M.finished()
@@ -142,6 +159,9 @@ function M.metrics()
     { { "", state:get("key_expiry") or 0 } })
   metric("digits_gateway_key_rotations_total", "counter", "Rotations of TorchServe's keys.",
     { { "", state:get("rotations") or 0 } })
+  metric("digits_gateway_stray_answers_total", "counter",
+    "Answers TorchServe sent on a connection for another request (a worker scaled down), dropped.",
+    { { "", state:get("stray_answers") or 0 } })
   metric("digits_gateway_torchserve_metrics_up", "gauge", "1 if TorchServe's metrics answered this scrape.",
     { { "", torchserve.status == 200 and 1 or 0 } })
   ngx.header["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"

@@ -16,6 +16,7 @@ from handler.wire import DecodedRequest
 class BatchRequest:
     grpc: bool = False  # came over gRPC: its answer is marked final, a v2 refusal travels in band
     explain: bool = False  # asked why the model answered (explanations)
+    request_id: str | None = None  # the client's X-Request-Id, echoed in the answer
     body: object = None  # the body as read (None when unreadable); a refused v2 request is answered in v2's shape
     infer: InferRequest | None = None  # an Open Inference Protocol request, read
     decoded: DecodedRequest | None = None  # its images, decoded

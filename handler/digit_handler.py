@@ -52,6 +52,12 @@ JSON_CONTENT_TYPE = "application/json"
 BATCH_SIZE_HEADER = "X-Batch-Size"
 # ... and which forward pass it was ("<worker pid>-<batch number>"): answers sharing it were batched together.
 BATCH_ID_HEADER = "X-Batch-Id"
+# A client's X-Request-Id comes back in X-Client-Request-Id (TorchServe overwrites x-request-id with its own id): the
+# answer says which request it answers. TorchServe 0.12.0 can write an answer twice on a keep-alive connection when
+# a worker is scaled down (docs/serving.md, "Scaling down under load"); the copy then reads as the answer to the next
+# request on that connection, and only this echo tells them apart.
+REQUEST_ID_HEADER = "x-request-id"
+REQUEST_ID_ECHO_HEADER = "X-Client-Request-Id"
 # TorchServe's marker for the last message of a streamed answer. Its gRPC StreamPredictions RPC reads it from
 # every answer and, when it is missing, fails with a NullPointerException that restarts the worker; REST treats
 # its presence as a chunked stream. So gRPC answers carry it ("false": this is the only and last message) and
@@ -150,7 +156,8 @@ def read_request(idx: int, row: dict, headers: dict, default_topk: int, num_clas
     """Read: request `idx` of a batch (its row and TorchServe's request headers) -> its decoded images, or the error
     that refuses it: an InputError (400, 413), or any other exception (a bug: logged, and a 500 for this request
     alone, never for the batch)."""
-    request = BatchRequest(grpc=came_over_grpc(headers), explain=wants_explanation(headers, row))
+    request = BatchRequest(grpc=came_over_grpc(headers), explain=wants_explanation(headers, row),
+                           request_id=client_request_id(headers))
     try:
         request.body = read_body(row)
         if open_inference.is_infer_request(request.body):
@@ -253,6 +260,14 @@ def came_over_grpc(request_properties: dict) -> bool:
     always at least Authorization) beside its input fields (dict values); a gRPC request carries input fields only.
     """
     return not any(isinstance(value, str) for value in request_properties.values())
+
+
+def client_request_id(request_properties: dict) -> str | None:
+    """The X-Request-Id header a REST client sent (any spelling of the name), or None."""
+    for name, value in request_properties.items():
+        if isinstance(value, str) and name.lower() == REQUEST_ID_HEADER:
+            return value
+    return None
 
 
 def predict(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -505,6 +520,8 @@ class DigitHandler(BaseHandler):
         context.set_response_content_type(idx, JSON_CONTENT_TYPE)
         context.set_response_header(idx, BATCH_SIZE_HEADER, batch_size)
         context.set_response_header(idx, BATCH_ID_HEADER, batch_id)
+        if request.request_id is not None:
+            context.set_response_header(idx, REQUEST_ID_ECHO_HEADER, request.request_id)
         if request.grpc:
             context.set_response_header(idx, STREAM_NEXT_HEADER, "false")
         if request.answered:

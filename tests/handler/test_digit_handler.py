@@ -92,6 +92,21 @@ def test_batch_of_every_input_kind_predicts_the_true_digits(handler, model_dir, 
     assert context.get_response_content_type(0) == "application/json"
 
 
+def test_each_answer_echoes_its_requests_x_request_id(handler, model_dir, test_split):
+    """A REST client's X-Request-Id (any spelling) comes back in X-Client-Request-Id, on each answer its own, refused
+    ones too; a request without one, or over gRPC (no headers), gets none."""
+    images, _ = test_split
+    png = bytearray(png_bytes(images[0]))
+    properties = [{**REST_REQUEST, "X-Request-Id": "first"}, {**REST_REQUEST, "x-request-id": "second"},
+                  {**REST_REQUEST, "X-REQUEST-ID": "refused"}, REST_REQUEST, GRPC_REQUEST]
+    rows = [{"body": png}, {"body": png}, {"body": bytearray(b"not an image")}, {"body": png}, {"data": png}]
+    context = make_context(model_dir, len(rows), requests=properties)
+    handler.handle(rows, context)
+    assert [context.get_response_status(idx)[0] for idx in range(len(rows))] == [200, 200, 400, 200, 200]
+    echoed = [context.get_response_headers(idx).get(digit_handler.REQUEST_ID_ECHO_HEADER) for idx in range(len(rows))]
+    assert echoed == ["first", "second", "refused", None, None]
+
+
 def test_pixel_array_request(handler, model_dir, test_split):
     images, labels = test_split
     frame = preprocessing.to_mnist_geometry(images[0] / 255.0)

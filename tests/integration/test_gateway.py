@@ -61,6 +61,18 @@ def test_predictions_through_the_gateway_equal_the_servers(gateway, server, test
     assert np.mean(np.array(answers, dtype=int) == labels[:40]) >= 0.95
 
 
+def test_each_request_reaches_torchserve_with_the_gateways_own_id(gateway, test_split):
+    """The id gateway.check_answer() holds an answer to: the handler echoes, for each request, the X-Request-Id the
+    gateway sent, which is nginx's own per-request id and not the one a client sends (a client could otherwise
+    make the gateway take another request's answer as its own, or refuse a good one)."""
+    body = png_bytes(test_split[0][0])
+    echoed = [gateway.predict(body, headers={"X-Request-Id": "chosen-by-the-client"}).headers["X-Client-Request-Id"]
+              for _ in range(3)]
+    assert all(len(echo) == 32 and set(echo) <= set("0123456789abcdef") for echo in echoed), echoed
+    assert len(set(echoed)) == 3
+    assert scrape(gateway)["digits_gateway_stray_answers_total"] == 0
+
+
 def test_grpc_predictions_through_the_gateway_equal_rest(gateway, grpc_channel, test_split):
     images, _ = test_split
     assert grpc_client.ping(grpc_channel, gateway.credential, TIMEOUT) == "Healthy"

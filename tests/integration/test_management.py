@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import psutil
 import pytest
@@ -96,6 +97,11 @@ def test_set_default_to_a_missing_version_is_refused(versions_server):
     assert result.returncode == 1 and "404" in result.stderr and "9.9" in result.stderr
 
 
+# TorchServe 0.12.0, removing a worker, puts the requests that worker holds back in the queue for another worker
+# (BatchAggregator.sendError(null), called by WorkerThread.shutdown) while the worker's own thread may be sending
+# their answers: such a request is answered twice, and on a keep-alive connection the second copy arrives as the
+# answer to the client's next request. The handler echoes each request's X-Request-Id, so the copy is told apart.
+STRAY = "another request's answer"
 TOLERANCE = 2e-6  # probabilities are rounded to 6 decimals; a batched forward pass may differ in the last digit
 
 
@@ -128,10 +134,12 @@ def test_scale_up_and_down_while_requests_keep_flowing(versions_server, test_spl
     """Scale 2 -> 3 -> 1 -> 2 workers under 4 concurrent clients; describe shows each count.
 
     TorchServe 0.12.0 loses the requests a removed worker holds at the moment it is scaled down
-    (pytorch/serve#1101): most hang until the client's timeout, some get 500 "Worker died.". So: no failure
-    at all while scaling up or between scalings, and during a scale-down (from the call until the removed worker
-    has exited) at most one per concurrent client. Every answer is the whole answer that image gets alone (20 digits
-    share 10 labels: a label alone would not see two images swapped).
+    (pytorch/serve#1101): most hang until the client's timeout, some get 500 "Worker died.", and one may be
+    answered twice (STRAY: its client's next request reads the copy, and the echoed X-Request-Id shows it). So: no
+    failure at all while scaling up or between scalings, and during a scale-down (from the call until the removed
+    worker has exited) at most one per concurrent client. Every other answer says it answers its own request and is
+    the whole answer that image gets alone (20 digits share 10 labels: a label alone would not see two images
+    swapped).
     Nor a stall: with synchronous=true TorchServe holds the Netty I/O thread of the scale call until the new
     worker is up, and the inference connections sharing that thread waited as long (6-10 s here, each scale-up);
     manage.py does not ask it to wait, so while a worker starts every client goes on receiving answers.
@@ -155,25 +163,35 @@ def test_scale_up_and_down_while_requests_keep_flowing(versions_server, test_spl
     in_flight: list[float | None] = [None] * clients  # per client: when its outstanding request started
 
     def load(client: int, times: list[float]):
-        with requests.Session() as session:
-            index = 0
-            while not stop.is_set():
-                data, expected = scans[index % len(scans)]
-                index += 1
-                started = in_flight[client] = time.monotonic()
-                try:
-                    response = session.post(f"{server.endpoints.inference}/predictions/digits", data=data,
-                                            headers={**server.auth(), "Content-Type": "application/octet-stream"},
-                                            timeout=10)
-                except requests.RequestException as error:
-                    outcomes.append((started, type(error).__name__))
-                    continue
-                finally:
-                    in_flight[client] = None
-                outcomes.append((started, response.status_code))
-                times.append(time.monotonic())
-                if response.status_code == 200 and not same_answer(response.json(), expected):
-                    wrong.append((response.json(), expected))
+        session = requests.Session()
+        index = 0
+        while not stop.is_set():
+            data, expected = scans[index % len(scans)]
+            index += 1
+            request_id = uuid.uuid4().hex
+            started = in_flight[client] = time.monotonic()
+            try:
+                response = session.post(f"{server.endpoints.inference}/predictions/digits", data=data,
+                                        headers={**server.auth(), "Content-Type": "application/octet-stream",
+                                                 "X-Request-Id": request_id}, timeout=10)
+            except requests.RequestException as error:
+                outcomes.append((started, type(error).__name__))
+                continue
+            finally:
+                in_flight[client] = None
+            echoed = response.headers.get("X-Client-Request-Id")
+            if response.status_code == 200 and echoed != request_id and echoed is not None:
+                # TorchServe wrote an earlier request's answer twice (see STRAY): this connection is out of step,
+                # its next answer would be this request's. A careful client drops it.
+                outcomes.append((started, STRAY))
+                session.close()
+                session = requests.Session()
+                continue
+            outcomes.append((started, response.status_code))
+            times.append(time.monotonic())
+            if response.status_code == 200 and not (echoed == request_id and same_answer(response.json(), expected)):
+                wrong.append((response.json(), expected))
+        session.close()
 
     threads = []
     for client in range(clients):
@@ -219,7 +237,7 @@ def test_scale_up_and_down_while_requests_keep_flowing(versions_server, test_spl
     failures = [(started, outcome) for started, outcome in outcomes if outcome != 200]
     for started, outcome in failures:
         assert during_a_scale_down(started), f"{outcome} for a request started outside a scale-down: {failures}, {windows}"
-        assert outcome in ("ReadTimeout", 500, 503), failures
+        assert outcome in ("ReadTimeout", 500, 503, STRAY), failures
     assert len(failures) <= clients, failures
     # The stall detector, measured against the event: a held I/O thread makes its clients wait for the whole worker
     # start (the scale-up call), so no client may go without an answer for most of it. (Answers take ~10 ms here;
