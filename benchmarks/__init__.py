@@ -34,7 +34,8 @@ goes (the share of samples inside each function): docs/performance.md's "what li
 
 The parts: inputs.py (the digits sent), load.py (wrk: load settings, soak, overload, recovery), counters.py
 (TorchServe's own counters, the latency split, RSS), ceiling.py (the raw in-process ceiling, preprocessing cost),
-profile.py (py-spy), report.py (table and plot), peer/ (the FastAPI peer and its process).
+profile.py (py-spy), report.py (table and plot), peer/ (the FastAPI peer and its process); ab.py (this checkout's
+serving against an older commit's, round by round: `python -m benchmarks.ab --against HEAD~1`).
 
 It prints a table and writes results.json and latency.png into --output-dir (default artifacts/bench/).
 Timing numbers from a 2-core machine are noisy: compare medians of several runs, not single numbers.

@@ -25,13 +25,19 @@ def scrape_counters(metrics: str) -> dict[str, float]:
     return totals
 
 
-def settled_counters(metrics: str, timeout: float = 5.0) -> dict[str, float]:
-    """scrape_counters once two scrapes in a row agree: requests still in flight when wrk stopped are answered
-    after it, and the handler's counters reach the frontend through the worker's log lines, a moment after."""
+# Longer than a worker waits between sending its counts (handler.metrics_seconds, 1 s in the shipped model-config):
+# two scrapes this far apart that agree have seen every batch.
+SETTLE_SECONDS = 1.5
+
+
+def settled_counters(metrics: str, timeout: float = 10.0) -> dict[str, float]:
+    """scrape_counters once two scrapes SETTLE_SECONDS apart agree: requests still in flight when wrk stopped are
+    answered after it, and the handler's counts reach the frontend through the worker's log lines, sent every
+    handler.metrics_seconds."""
     deadline = time.monotonic() + timeout
     last = scrape_counters(metrics)
     while time.monotonic() < deadline:
-        time.sleep(0.3)
+        time.sleep(SETTLE_SECONDS)
         now = scrape_counters(metrics)
         if now == last:
             break

@@ -32,12 +32,11 @@ import numpy as np
 import psutil
 import torch
 from PIL import Image
-from ts.metrics.dimension import Dimension
-from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler import explanations, open_inference, wire
 from handler.batch import BatchRequest
+from handler.metrics import HANDLER_TIME, RESIDENT_MEMORY, PendingMetrics, emit_metrics
 from handler.wire import (DecodedRequest, decode_base64, decode_body, decode_infer_request,  # noqa: F401
                           looks_like_json, parse_json_object, parse_request, parse_topk, read_body, request_payload)
 from model import checkpoint, digit_cnn, preprocessing
@@ -317,8 +316,8 @@ def format_error(code: int, message: str, error_type: str = "InputError") -> dic
 
 
 INTERNAL_REASON = "internal"  # the Reason label of a request refused by a bug (500); InputErrors carry their own
-HANDLER_TIME = "HandlerTime"  # TorchServe's standard gauge: ms the handler spent on the last batch
 RESOURCE_METRICS_SECONDS = 10.0  # how often a worker reports its memory and CPU time
+METRICS_SECONDS = 1.0  # how often a worker sends the batches' metrics (model-config handler.metrics_seconds)
 
 
 def refusal_answer(error: Exception) -> tuple[int, str, dict, tuple[str, str]]:
@@ -365,25 +364,6 @@ def batch_metrics(accepted: list, refusals: list, predicted: list[str], preproce
                  ("digits_preprocessing_milliseconds_total", round(preprocessing_ms, 3), {})]
     rows += [("digits_predictions_total", count, {"Label": label}) for label, count in sorted(Counter(predicted).items())]
     return rows
-
-
-def emit_metrics(metrics, rows: list[tuple], model_name: str, idx: int | None = None) -> None:
-    """Send metric rows through TorchServe's metrics API (declared in metrics.yaml, or dropped by the frontend).
-
-    Each row becomes a log line that the frontend parses. `idx` ties the line to one request of the batch: without
-    it TorchServe writes every request id of the batch into every line.
-    """
-    if metrics is None:  # a Context without TorchServe's metrics cache
-        return
-    for name, value, labels in rows:
-        dimensions = [Dimension(key, str(label)) for key, label in labels.items()]
-        dimensions += [Dimension("ModelName", model_name), Dimension("Level", "Model")]
-        if name == "digits_worker_resident_memory_bytes":
-            metrics.add_metric(name, value, unit="B", idx=idx, dimensions=dimensions, metric_type=MetricTypes.GAUGE)
-        elif name == HANDLER_TIME:
-            metrics.add_time(name, value, idx=idx, unit="ms", dimensions=dimensions)
-        else:
-            metrics.add_counter(name, value, idx=idx, dimensions=dimensions)
 
 
 def code_files() -> list[str]:
@@ -439,6 +419,8 @@ class DigitHandler(BaseHandler):
         self.cpu_seconds = 0.0
         self.resources_reported = 0.0
         self.batches = 0
+        self.pending_metrics = PendingMetrics(self.model_name, float(settings.get("metrics_seconds", METRICS_SECONDS)))
+        self.pending_metrics.start()
         self.initialized = True
         emit_metrics(context.metrics, [("digits_worker_starts_total", 1, {}), *self.resource_metrics()], self.model_name)
         logger.info(
@@ -467,7 +449,7 @@ class DigitHandler(BaseHandler):
         times = self.process.cpu_times()
         used, self.cpu_seconds = times.user + times.system - self.cpu_seconds, times.user + times.system
         worker = {"Worker": str(self.process.pid)}
-        return [("digits_worker_resident_memory_bytes", self.process.memory_info().rss, worker),
+        return [(RESIDENT_MEMORY, self.process.memory_info().rss, worker),
                 ("digits_worker_cpu_seconds_total", round(used, 3), worker)]
 
     def handle(self, data, context):
@@ -546,4 +528,4 @@ class DigitHandler(BaseHandler):
         # it reports it itself, and the same time summed as a counter (gauges lose all but the last batch).
         handler_ms = round((time.perf_counter() - started) * 1000.0, 3)
         rows += [(HANDLER_TIME, handler_ms, {}), ("digits_handler_milliseconds_total", handler_ms, {})]
-        emit_metrics(context.metrics, rows, self.model_name, idx=0)
+        self.pending_metrics.add(context.metrics, rows)

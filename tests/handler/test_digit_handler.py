@@ -3,6 +3,7 @@ import base64
 import json
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -295,7 +296,7 @@ def test_cpu_optimized_model_matches_eager(artifacts):
 
 def test_optimize_can_be_turned_off(model_dir):
     handler = DigitHandler()
-    handler.initialize(make_context(model_dir, 1, {"handler": {"optimize": False}}))
+    handler.initialize(make_context(model_dir, 1, {"handler": {"optimize": False, "metrics_seconds": 0}}))
     assert isinstance(handler.model, torch.nn.Module) and not isinstance(handler.model, torch.jit.ScriptModule)
 
 
@@ -355,9 +356,13 @@ def test_a_batch_reports_its_requests_refusals_images_and_answers(handler, model
         {"body": bytearray(b"not an image at all")},
         {"body": bytearray(b"")},
     ]
+    handler = DigitHandler()  # its counts sent only when flushed (the thread waits an hour)
+    handler.initialize(make_context(model_dir, 1, {"handler": {"topk": 3, "metrics_seconds": 3600}}))
     caplog.set_level("INFO")
     answers, statuses, _ = run_batch(handler, model_dir, rows)
     assert statuses == [200, 200, 200, 200, 400, 400]
+    assert emitted(caplog) == []  # not from the batch: a thread sends them
+    handler.pending_metrics.flush()
     metrics = emitted(caplog)
     declared = declared_model_metrics()
     for name, _, dimensions in metrics:  # undeclared metrics are dropped by TorchServe's frontend, silently
@@ -382,6 +387,51 @@ def test_a_batch_reports_its_requests_refusals_images_and_answers(handler, model
     assert predicted == {label: answered.count(label) for label in set(answered)}
     # One metric line per label value and batch, never one per request.
     assert len(metrics) == len(set((name, tuple(dimensions.items())) for name, _, dimensions in metrics))
+
+
+def test_the_counts_of_many_batches_are_sent_together_one_line_per_name_and_labels(model_dir, test_split, caplog):
+    """Counters summed over the batches and TorchServe's HandlerTime gauge the last batch's, sent when flushed; the
+    worker's thread flushes every metrics_seconds; at 0 each batch sends its own at once."""
+    images, _ = test_split
+    batches = [[{"body": bytearray(png_bytes(image))} for image in images[start:start + 3]] for start in (0, 3, 6)]
+
+    def handler_sending_every(seconds: float) -> DigitHandler:
+        handler = DigitHandler()
+        handler.initialize(make_context(model_dir, 1, {"handler": {"topk": 3, "metrics_seconds": seconds}}))
+        return handler
+
+    def totals() -> dict[str, float]:
+        sums: dict[str, float] = {}
+        for name, value, _ in emitted(caplog):
+            sums[name] = sums.get(name, 0.0) + value
+        return sums
+
+    caplog.set_level("INFO")
+    held = handler_sending_every(3600)  # its thread would wait an hour: only flush() sends
+    caplog.clear()
+    for rows in batches:
+        run_batch(held, model_dir, rows)
+    assert emitted(caplog) == []
+    held.pending_metrics.flush()
+    keys = [(name, tuple(sorted(dimensions.items()))) for name, _, dimensions in emitted(caplog)]
+    assert len(keys) == len(set(keys)), keys  # one line per name and labels for all three batches
+    sent = totals()
+    assert sent["digits_batches_total"] == 3 and sent["digits_images_total"] == 9
+    assert sent["digits_predictions_total"] == 9 and sent["digits_requests_total"] == 9
+    assert 0 < sent["HandlerTime"] < sent["digits_handler_milliseconds_total"]  # the last batch, and all three
+
+    threaded = handler_sending_every(0.2)
+    caplog.clear()
+    run_batch(threaded, model_dir, batches[0])
+    deadline = time.monotonic() + 10
+    while totals().get("digits_batches_total") != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert totals().get("digits_batches_total") == 1  # sent by the thread, nobody flushed
+
+    at_once = handler_sending_every(0)
+    caplog.clear()
+    run_batch(at_once, model_dir, batches[0])
+    assert totals()["digits_batches_total"] == 1
 
 
 def test_initialize_logs_where_its_code_came_from(model_dir, caplog):

@@ -274,8 +274,15 @@ def test_metrics_port_adds_the_gateways_own_metrics(gateway, test_split):
     assert after["digits_gateway_ready"] == 1 and after["digits_gateway_torchserve_metrics_up"] == 1
     assert after["digits_gateway_key_expiry_timestamp_seconds"] > time.time() + 10
     assert 0 <= after["digits_gateway_inflight"] < 50
-    handler_requests = sum(value for name, value in after.items() if name.startswith("digits_requests_total{"))
-    assert handler_requests >= 1  # the handler's metrics come through the same port
+    # The handler's metrics come through the same port, sent by each worker every metrics_seconds (1 s).
+    def handler_requests(scraped: dict) -> float:
+        return sum(value for name, value in scraped.items() if name.startswith("digits_requests_total{"))
+
+    deadline = time.monotonic() + 15
+    while handler_requests(after) <= handler_requests(before) and time.monotonic() < deadline:
+        time.sleep(0.25)
+        after = scrape(gateway)
+    assert handler_requests(after) > handler_requests(before)
 
 
 # TorchServe 0.12.0's REST side of the protocol (ts_open_inference_protocol=true): server metadata, liveness and

@@ -35,7 +35,9 @@ def make_context(model_dir, batch_size: int, yaml_config=None, requests=None) ->
         batch_size=batch_size,
         gpu=None,
         mms_version="0.12.0",
-        model_yaml_config=yaml_config if yaml_config is not None else {"handler": {"topk": 3}},
+        # metrics_seconds 0: a handler made here sends each batch's metrics at once, never from its thread later
+        # (into another test's log capture).
+        model_yaml_config=yaml_config if yaml_config is not None else {"handler": {"topk": 3, "metrics_seconds": 0}},
     )
     context.request_processor = [RequestProcessor(dict(properties)) for properties in requests or [REST_REQUEST] * batch_size]
     # TorchServe's own metrics cache, with the bundle's metrics.yaml, as a worker has it.
