@@ -8,7 +8,8 @@ artifacts/, what `make` trains), served by a TorchServe started with its own tre
 ports, token on). Both are up for the whole run, and each round measures both, in turns whose order alternates,
 so the machine's drift falls on both alike. Reported per concurrency: each side's medians (p50, p99, requests/s)
 and the median of the per-round ratios this / against, the figure to quote: on these shared 2-core machines one
-round differs from the next by 20%, a pair measured a few seconds apart much less.
+round differs from the next by 20%, a pair measured a few seconds apart much less. Then the RSS of each side's
+frontend and workers, after the warm-up and at the end (64 x 15 s rounds send ~350,000 requests per side).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from benchmarks.load import run_wrk
 from serving import launch
 from serving.archive import package
 from serving.config import DEFAULT_CONFIG, ROOT
+from serving.processes import resident_memory
 
 FIGURES = ("p50", "p99", "requests_per_s")
 
@@ -45,6 +47,13 @@ def package_with(tree: Path, artifacts: Path, store: Path) -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     subprocess.run([str(tree / "scripts" / "package.sh"), "--artifacts", str(artifacts), "--export-path", str(store),
                     "--model-name", "digits"], check=True, env=env, capture_output=True, cwd=tree)
+
+
+def memory(server: launch.Server) -> dict[str, float]:
+    """RSS in MiB of the frontend and of each worker."""
+    pids = {"frontend": server.frontend_pid(),
+            **{f"worker {number}": pid for number, pid in enumerate(server.worker_pids("digits"), 1)}}
+    return {name: (resident_memory(pid) or 0) / 2**20 for name, pid in pids.items()}
 
 
 def figures(run: dict) -> dict[str, float]:
@@ -94,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for side in servers:  # warm-up: the first requests load the workers' caches
             measure(side, 16, 3)
+        memory_before = {side: memory(server) for side, server in servers.items()}
         print(f"this checkout against {args.against}: median of {args.rounds} rounds, {args.seconds:g} s each")
         print(f"{'concurrency':>11} {'side':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
         for concurrency in args.concurrency:
@@ -109,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             ratio = summary["ratio"]
             print(f"{concurrency:>11} {'ratio':>8} {ratio['p50']:>8.3f} {ratio['p99']:>8.3f} "
                   f"{ratio['requests_per_s']:>8.3f}   (this / against, median of the rounds' ratios)")
+        for side, server in servers.items():
+            before, after = memory_before[side], memory(server)
+            print(f"{side}: RSS after warm-up -> now, MiB: " + ", ".join(
+                f"{name} {before[name]:.0f} -> {after[name]:.0f}" for name in before))
     finally:
         for server in servers.values():
             server.stop()
