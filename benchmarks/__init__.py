@@ -2,7 +2,7 @@
 
     python -m benchmarks                     # full run (a few minutes): docs/performance.md's tables
     python -m benchmarks --quick             # under a minute: proves the benchmark works
-    python -m benchmarks --only soak         # only the soak: >= 50,000 checked requests at concurrency 32
+    python -m benchmarks --only soak         # only the soak: >= 500,000 checked requests at concurrency 32
     python -m benchmarks --only recovery     # only the kill -9 recovery measurement
     python -m benchmarks --url http://127.0.0.1:8080 --key-file key_file.json   # a running server
 
@@ -14,8 +14,9 @@ one thread, keep-alive connections, on this same machine:
   * multi-image requests (a .npy of 64 frames per request): images/s;
   * the raw in-process ceiling: the worker's model (same TorchScript optimisation, same torch threads), batched
     forward at batch 64, in as many processes as TorchServe has workers; and the per-image preprocessing cost;
-  * a soak: at least 50,000 single-image requests at concurrency 32 (quick: 2,000), every answer checked (200 and
-    the right digit); errors, wrong answers and the RSS of every process before and after it;
+  * a soak: at least 500,000 single-image requests at concurrency 32 (quick: 2,000), every answer checked (200 and
+    the right digit); errors, wrong answers and the RSS of every process after its first 50,000 requests (the
+    frontend's JVM sizes its heap over about that many after a start) and at its end;
   * worker and frontend RSS after warm-up and at the end (the full run sends >= 100,000 requests first);
   * recovery: kill -9 one worker under load (wrk at concurrency 8), 5 times (quick: once): seconds until TorchServe
     has replaced it (describe shows every worker READY again), and the requests that failed meanwhile. Only with

@@ -12,7 +12,7 @@ from pathlib import Path
 from benchmarks.ceiling import RAW_BATCH, preprocessing_cost, raw_throughput, weights_resolution
 from benchmarks.counters import resident_memory, server_pids
 from benchmarks.inputs import answered_right, sample_inputs
-from benchmarks.load import (DURATIONS, IMAGES_PER_REQUEST, KILLS, RECOVERY_LOAD_SECONDS, SOAK_REQUESTS,
+from benchmarks.load import (DURATIONS, IMAGES_PER_REQUEST, KILLS, RECOVERY_LOAD_SECONDS, SOAK_REQUESTS, SOAK_SETTLE,
                              load_settings, overload, recovery, run_wrk, soak)
 from benchmarks.peer import start_peer, stop_process_tree
 from benchmarks.report import plot, print_table
@@ -118,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
                 soak_bodies.append((work / f"soak-{label}.png", label))
             if mode == "full" and args.only is None:  # the memory reading comes after >= 100,000 requests
                 soak_requests = max(soak_requests, MEMORY_REQUESTS - total)
-            before = resident_memory(pids)
-            soaked = soak(url, soak_bodies, token, soak_requests, rate)
-            soaked["rss_before_mib"], soaked["rss_after_mib"] = before, resident_memory(pids)
+            soaked = soak(url, soak_bodies, token, soak_requests, rate, SOAK_SETTLE[mode], lambda: resident_memory(pids))
+            soaked["rss_before_mib"], soaked["rss_after_mib"] = soaked.pop("settled"), resident_memory(pids)
+            soaked["rss_before_after_requests"] = SOAK_SETTLE[mode]
             total += soaked["requests"]
         memory_end = resident_memory(pids)
 

@@ -21,7 +21,10 @@ DURATIONS = {"full": {"warmup": 5, "single": 15, "multi": 10, "raw": 5, "overloa
 OVERLOAD_CONCURRENCY = 256  # far more connections than the queue (job_queue_size) holds
 CONCURRENCY = (1, 16, 64)
 MULTI_CONCURRENCY = 4
-SOAK_REQUESTS = {"full": 50_000, "quick": 2_000}
+SOAK_REQUESTS = {"full": 500_000, "quick": 2_000}
+# The soak's memory reading "after warm-up" comes after this many of its requests: the frontend's JVM grows its heap
+# over the first ~50,000 requests after a start (G1's sizing), then stays (docs/performance.md, "round 3").
+SOAK_SETTLE = {"full": 50_000, "quick": 500}
 SOAK_CONCURRENCY = 32
 KILLS = {"full": 5, "quick": 1}
 RECOVERY_CONCURRENCY = 8
@@ -84,26 +87,31 @@ def load_settings(url: str, work: Path, token: str, durations: dict, pids: dict 
     return runs, profile
 
 
-def soak(url: str, bodies: list[tuple[Path, int]], token: str, requests: int, rate: float | None) -> dict:
+def soak(url: str, bodies: list[tuple[Path, int]], token: str, requests: int, rate: float | None,
+         settle: int = 0, settled=None) -> dict:
     """At least `requests` requests at concurrency 32, several digits in turn, every answer checked against the digit
     sent on its connection. wrk runs for a duration, not a count:
     a run is sized from `rate` (requests/s) with 10% to spare, and a short one follows if it fell short. Without a
-    rate (no concurrency-64 run before it), a 3 s run measures one first."""
-    runs = []
+    rate (no concurrency-64 run before it), a 3 s run measures one first. With `settled`, it is called once the
+    first `settle` requests are answered (the memory reading after warm-up) and its value returned as "settled"."""
+    runs, reading = [], None
     while (done := sum(run["requests"] for run in runs)) < requests:
-        seconds = 3 if rate is None else (requests - done) / max(rate, 50.0) * 1.1 + 1
+        goal = settle if settled is not None and reading is None and settle < requests else requests
+        seconds = 3 if rate is None else (goal - done) / max(rate, 50.0) * 1.1 + 1
         print(f"soak: {done} requests so far, {seconds:.0f} s more at concurrency {SOAK_CONCURRENCY} ...", flush=True)
         runs.append(run_wrk(url, bodies, token, "image/png", SOAK_CONCURRENCY, seconds))
         rate = runs[-1]["requests_per_s"]
         if not runs[-1]["requests"]:  # nothing answered: the server is gone; report what was reached
             break
+        if settled is not None and reading is None and done + runs[-1]["requests"] >= min(settle, requests):
+            reading = settled()
     seconds = sum(run["duration_us"] for run in runs) / 1e6
     return {"requests": done, "concurrency": SOAK_CONCURRENCY, "wrk_runs": len(runs), "seconds": seconds,
             "requests_per_s": done / seconds, "errors": sum(run["error_count"] for run in runs),
             "wrong_answers": sum(run["wrong_answers"] for run in runs),
             "checked_answers": sum(run["checked_answers"] for run in runs), "digits": len(bodies),
             "p99_us": max(run["latency_us"]["p99"] for run in runs),
-            "max_latency_us": max(run["latency_us"]["max"] for run in runs)}
+            "max_latency_us": max(run["latency_us"]["max"] for run in runs), "settled": reading}
 
 
 def overload(url: str, body: Path, token: str, seconds: float, workers) -> dict:

@@ -55,6 +55,7 @@ def print_table(results: dict) -> None:
               f"({soaked['requests_per_s']:.0f} req/s, p99 {soaked['p99_us'] / 1e3:.1f} ms, "
               f"max {soaked['max_latency_us'] / 1e3:.0f} ms): {soaked['errors']} errors, "
               f"{soaked['wrong_answers']} wrong answers")
+        print(f"  RSS after the soak's first {soaked['rss_before_after_requests']} requests -> at its end:")
         for name, before in soaked["rss_before_mib"].items():
             after = soaked["rss_after_mib"].get(name, float("nan"))
             print(f"  RSS {name:<14} {before:7.1f} -> {after:7.1f} MiB ({(after - before) / before:+.1%})")

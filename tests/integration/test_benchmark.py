@@ -66,6 +66,7 @@ def test_quick_benchmark_measures_every_setting(model_store, tmp_path):
     assert soaked["errors"] == 0 and soaked["wrong_answers"] == 0, soaked
     assert soaked["digits"] == 10 and soaked["checked_answers"] == soaked["requests"]  # ten digits, each answer checked
     assert set(soaked["rss_before_mib"]) == set(soaked["rss_after_mib"]) == set(memory["at_end_mib"])
+    assert soaked["rss_before_after_requests"] == load.SOAK_SETTLE["quick"]  # read once the first 500 were answered
     assert "soak: " in result.stdout and "0 errors, 0 wrong answers" in result.stdout
     recovered = results["recovery"]
     assert recovered["kills"] == 1 and recovered["max_s"] < 30
