@@ -1,6 +1,6 @@
 """Benchmark the bundle: TorchServe under load from wrk, against the raw in-process ceiling of the same model.
 
-    python -m benchmarks                     # full run (a few minutes): docs/performance.md's tables
+    python -m benchmarks                     # full run (minutes; its soak ~4 min here): docs/performance.md's tables
     python -m benchmarks --quick             # under a minute: proves the benchmark works
     python -m benchmarks --only soak         # only the soak: >= 500,000 checked requests at concurrency 32
     python -m benchmarks --only recovery     # only the kill -9 recovery measurement

@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                 soak_bodies.append((work / f"soak-{label}.png", label))
             if mode == "full" and args.only is None:  # the memory reading comes after >= 100,000 requests
                 soak_requests = max(soak_requests, MEMORY_REQUESTS - total)
-            soaked = soak(url, soak_bodies, token, soak_requests, rate, SOAK_SETTLE[mode], lambda: resident_memory(pids))
+            soaked = soak(url, soak_bodies, token, soak_requests, rate, SOAK_SETTLE[mode],
+                          lambda: resident_memory(pids))
             soaked["rss_before_mib"], soaked["rss_after_mib"] = soaked.pop("settled"), resident_memory(pids)
             soaked["rss_before_after_requests"] = SOAK_SETTLE[mode]
             total += soaked["requests"]

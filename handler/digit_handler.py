@@ -419,7 +419,8 @@ class DigitHandler(BaseHandler):
         self.cpu_seconds = 0.0
         self.resources_reported = 0.0
         self.batches = 0
-        self.pending_metrics = PendingMetrics(self.model_name, float(settings.get("metrics_seconds", METRICS_SECONDS)))
+        seconds = float(settings.get("metrics_seconds", METRICS_SECONDS))
+        self.pending_metrics = PendingMetrics(self.model_name, seconds)
         self.pending_metrics.start()
         self.initialized = True
         emit_metrics(context.metrics, [("digits_worker_starts_total", 1, {}), *self.resource_metrics()], self.model_name)
