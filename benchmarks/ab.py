@@ -24,12 +24,12 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from benchmarks.counters import resident_memory
 from benchmarks.inputs import sample_inputs
 from benchmarks.load import run_wrk
 from serving import launch
 from serving.archive import package
 from serving.config import DEFAULT_CONFIG, ROOT
-from serving.processes import resident_memory
 
 FIGURES = ("p50", "p99", "requests_per_s")
 
@@ -50,10 +50,9 @@ def package_with(tree: Path, artifacts: Path, store: Path) -> None:
 
 
 def memory(server: launch.Server) -> dict[str, float]:
-    """RSS in MiB of the frontend and of each worker."""
-    pids = {"frontend": server.frontend_pid(),
-            **{f"worker {number}": pid for number, pid in enumerate(server.worker_pids("digits"), 1)}}
-    return {name: (resident_memory(pid) or 0) / 2**20 for name, pid in pids.items()}
+    """RSS in MiB of the frontend and of each worker (benchmarks.counters.resident_memory: NaN for one gone)."""
+    return resident_memory({"frontend": server.frontend_pid(),
+                            **{f"worker {number}": pid for number, pid in enumerate(server.worker_pids("digits"), 1)}})
 
 
 def figures(run: dict) -> dict[str, float]:
