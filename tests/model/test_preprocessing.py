@@ -308,6 +308,31 @@ def test_batched_geometry_matches_the_per_image_pillow_geometry(resolution, test
         np.testing.assert_allclose(frame, old_to_mnist_geometry(image.astype(np.float32), resolution), atol=1e-4)
 
 
+@pytest.mark.parametrize("resolution", [20, 8])
+def test_a_lone_image_takes_the_per_image_path_and_gets_the_batched_frame_exactly(resolution, test_split):
+    """A batch of one on the CPU (a request alone in its batch; the peer's every request) takes _geometry_of_one,
+    which must give exactly the frame and the refusal the batched code gives the same image beside another."""
+    rng = np.random.default_rng(1)
+    images = list(test_split[0][:200]) + list(sklearn_scans_u8()[0][:40])
+    images += [digit_seven(100), 255 - digit_seven(56), digit_seven(40, ink=180, background=60),
+               digit_seven(28)[:, 3:], np.pad(digit_seven(20), ((0, 30), (0, 0))), digit_seven(8),
+               (rng.random((30, 41)) * 0.3 + 0.6).astype(np.float32), digit_seven(28) / 255.0,
+               np.zeros((28, 28), np.uint8), np.full((9, 12), 200, np.uint8),  # blank: dark and light
+               np.eye(28, dtype=np.uint8) * 255, np.pad(np.full((2, 2), 255, np.uint8), 13)]  # a line, a dot
+    called = []
+    real = preprocessing._geometry_of_one
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(preprocessing, "_geometry_of_one", lambda *args: called.append(1) or real(*args))
+        for image in images:
+            alone, alone_errors = preprocessing.to_mnist_geometry_batch([image], resolution)
+            beside, beside_errors = preprocessing.to_mnist_geometry_batch([image, image], resolution)
+            assert torch.equal(alone[0], beside[0])
+            assert [str(error) for error in alone_errors] == [str(error) for error in beside_errors[:1]]
+    assert len(called) == len(images)
+    assert [str(error) for error in preprocessing.to_mnist_geometry_batch(images[-4:-2], resolution)[1]] == [
+        "blank image: no digit found"] * 2
+
+
 def test_batch_of_mixed_sizes_and_pixel_types_equals_one_by_one():
     seven = digit_seven(64)
     images = [seven, seven / 255.0, digit_seven(28), np.zeros((28, 28), np.uint8), digit_seven(28) / 255.0,
