@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3.11
 
-.PHONY: help venv kserve-client train package package-v2 serve stop status predict demo web nginx wrk bench gpu-check docker image docker-clean check test clean
+.PHONY: help venv kserve-client train package package-latency package-v2 serve stop status predict demo web nginx wrk bench gpu-check docker image docker-clean check test clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -32,6 +32,11 @@ model_store/digits.mar: artifacts/digit_cnn.pt $(ARCHIVE_SOURCES)
 	PATH=$(VENV)/bin:$$PATH scripts/package.sh
 
 package: model_store/digits.mar  ## package artifacts/ -> model_store/digits.mar
+
+model_store/digits-latency.mar: artifacts/digit_cnn.pt $(ARCHIVE_SOURCES)
+	PATH=$(VENV)/bin:$$PATH scripts/package.sh --latency
+
+package-latency: model_store/digits-latency.mar  ## the model for lone requests: model_store/digits-latency.mar (batch 1, 1 worker)
 
 artifacts/v2/digit_cnn.pt: $(VENV)/.installed $(TRAIN_SOURCES)
 	$(PY) train.py --seed 2 --output-dir artifacts/v2
@@ -88,7 +93,7 @@ wrk:  ## install the load generator wrk (apt-get) if it is missing
 	  $(SUDO) apt-get install -y -q wrk >/dev/null 2>&1 || { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q wrk >/dev/null; }; }
 	@command -v wrk >/dev/null
 
-bench: package wrk  ## benchmark TorchServe with wrk against the raw in-process ceiling -> artifacts/bench/
+bench: package package-latency wrk  ## benchmark TorchServe with wrk against the raw in-process ceiling -> artifacts/bench/
 	$(PY) -m benchmarks --profile
 
 gpu-check: $(VENV)/.installed  ## prove the workers run on CUDA (exits 0 with a note where there is no GPU)

@@ -17,8 +17,8 @@ from benchmarks.load import (DURATIONS, IMAGES_PER_REQUEST, KILLS, RECOVERY_LOAD
 from benchmarks.peer import start_peer, stop_process_tree
 from benchmarks.report import plot, print_table
 from serving import launch
-from serving.archive import extract_weights
-from serving.config import DEFAULT_MODEL, ROOT
+from serving.archive import extract_weights, model_name_of
+from serving.config import DEFAULT_CONFIG, DEFAULT_MODEL, ROOT
 from serving.tokens import read_token
 
 MEMORY_REQUESTS = 100_000  # the full run sends at least this many requests before the final RSS reading
@@ -31,6 +31,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="after the warm-up, run only this part (default: everything)")
     parser.add_argument("--archive", type=Path, default=ROOT / "model_store" / "digits.mar",
                         help="the .mar to serve (ignored with --url)")
+    parser.add_argument("--latency-archive", type=Path, default=ROOT / "model_store" / "digits-latency.mar",
+                        help="the model for lone requests (scripts/package.sh --latency; `make bench` builds it): "
+                             "served beside --archive and measured at concurrency 1 when the file exists "
+                             "(ignored with --url)")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                        help="the config.properties to start TorchServe with (default: the repository's; ignored "
+                             "with --url): another commit's, to measure it against this one")
     parser.add_argument("--url", default=None, help="inference address of a running TorchServe (default: start one)")
     parser.add_argument("--management", default="http://127.0.0.1:8081", help="its management address (with --url)")
     parser.add_argument("--metrics", default="http://127.0.0.1:8082", help="its metrics address (with --url)")
@@ -75,12 +82,18 @@ def main(argv: list[str] | None = None) -> int:
         (work / "digit.png").write_bytes(png)
         (work / "digits.npy").write_bytes(npy)
 
+        latency_model = None
         if args.url is None:
             store = work / "store"
             store.mkdir()
             shutil.copy(args.archive, store / "digits.mar")
-            print("starting TorchServe ...", flush=True)
-            server = launch.start(store, work / "server", "digits.mar")
+            archives = ["digits.mar"]
+            if args.latency_archive.is_file():
+                latency_model = model_name_of(args.latency_archive)
+                shutil.copy(args.latency_archive, store / "latency.mar")
+                archives.append("latency.mar")
+            print(f"starting TorchServe ({', '.join(archives)}) ...", flush=True)
+            server = launch.start(store, work / "server", ",".join(archives), config=args.config)
             inference, management = server.endpoints.inference, server.endpoints.management
             key_file, frontend, metrics = server.endpoints.key_file, server.frontend_pid(), server.endpoints.metrics
         else:
@@ -90,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         url = f"{inference}/predictions/{args.model}"
         pids = server_pids(management, management_token, args.model, frontend)
         workers = sum(name.startswith("worker") for name in pids)
+        if latency_model is not None:  # its worker's memory is read too ("latency worker N")
+            pids.update({f"latency {name}": pid for name, pid in
+                         server_pids(management, management_token, latency_model, None).items()})
 
         print(f"warm-up {durations['warmup']} s ...", flush=True)
         total = run_wrk(url, work / "digit.png", token, "image/png", 16, durations["warmup"])["requests"]
@@ -99,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         runs, profile, peer = [], [], None
         if args.only is None:
             runs, profile = load_settings(url, work, token, durations, pids, args, metrics=metrics)
+            if latency_model is not None:
+                runs.append(measure_latency_model(f"{inference}/predictions/{latency_model}", url, latency_model,
+                                                  work, token, durations))
             total += sum(run["requests"] for run in runs)
             rate = runs[2]["requests_per_s"]
             if args.peer:
@@ -169,6 +188,24 @@ def main(argv: list[str] | None = None) -> int:
     failed = failed or overloaded is not None and any(
         overloaded[key] for key in ("other_status", "socket_errors", "timeouts", "worker_restarts"))
     return 1 if failed else 0
+
+
+def measure_latency_model(url: str, batched: str, model: str, work: Path, token: str, durations: dict) -> dict:
+    """Concurrency 1 on the model for lone requests (batching off, one worker), after a warm-up of its own. It must
+    first give the digit the batched model's answer, byte for byte (the same weights, handler and version)."""
+    import requests
+
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "image/png"}
+    answers = [requests.post(address, data=(work / "digit.png").read_bytes(), headers=headers, timeout=30)
+               for address in (batched, url)]
+    if [answer.status_code for answer in answers] != [200, 200] or answers[0].content != answers[1].content:
+        raise RuntimeError(f"{model} does not answer as {batched} does: "
+                           f"{[(answer.status_code, answer.text[:200]) for answer in answers]}")
+    run_wrk(url, work / "digit.png", token, "image/png", 1, durations["warmup"])
+    print(f"PNG, concurrency 1, model {model} (batch 1), {durations['single']} s ...", flush=True)
+    run = run_wrk(url, work / "digit.png", token, "image/png", 1, durations["single"])
+    return {"name": f"PNG, 1 image, c=1, {model}", "model": model, "concurrency": 1, "images_per_request": 1,
+            "images_per_s": run["requests_per_s"], **run}
 
 
 def measure_peer(archive: Path, model: str, work: Path, durations: dict) -> dict:

@@ -23,9 +23,13 @@ def print_table(results: dict) -> None:
         print(f"\nthe peer ({peer['server']}), and TorchServe / peer:")
         print(f"{'setting':<28} {'req/s':>8} {'images/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}"
               f" {'x req/s':>8} {'x p50':>6} {'x p99':>6}")
-        for ours, theirs in zip(results["runs"], peer["runs"]):
+        for ours in results["runs"]:
+            theirs = peer_run(peer, ours)
+            if theirs is None:
+                continue
             latency, mine = theirs["latency_us"], ours["latency_us"]
-            print(f"{theirs['name']:<28} {theirs['requests_per_s']:>8.0f} {theirs['images_per_s']:>9.0f} "
+            print(f"{ours['name'] if ours.get('model') else theirs['name']:<28} "
+                  f"{theirs['requests_per_s']:>8.0f} {theirs['images_per_s']:>9.0f} "
                   f"{latency['p50'] / 1e3:>7.2f} {latency['p99'] / 1e3:>7.2f} {theirs['error_count']:>6} "
                   f"{ours['requests_per_s'] / theirs['requests_per_s']:>8.2f} "
                   f"{mine['p50'] / latency['p50']:>6.2f} {mine['p99'] / latency['p99']:>6.2f}")
@@ -72,10 +76,60 @@ def print_table(results: dict) -> None:
         after = memory["at_end_mib"].get(name, float("nan"))
         print(f"RSS {name:<14} {before:7.1f} MiB after warm-up, {after:7.1f} MiB after "
               f"{memory['requests']} requests ({(after - before) / before:+.1%})")
+    print_targets(results)
     if results["profile_worker_at_c64"]:
         print("\none worker at concurrency 64 (py-spy, share of samples inside each function):")
         for entry in results["profile_worker_at_c64"][:18]:
             print(f"  {entry['share']:6.1%}  {entry['function']}")
+
+
+def peer_run(peer: dict, ours: dict) -> dict | None:
+    """The peer's run with the same concurrency and images per request as `ours` (the peer has one model: the
+    run on the model for lone requests is paired with its concurrency-1 run)."""
+    return next((run for run in peer["runs"] if run["concurrency"] == ours["concurrency"]
+                 and run["images_per_request"] == ours["images_per_request"]), None)
+
+
+# Issue #23's targets, as measured by one run: (label, value of this run or None, the bound, "max" or "min").
+def targets(results: dict) -> list[tuple[str, float | None, float, str]]:
+    runs, peer, raw, soaked = results["runs"], results.get("peer"), results.get("raw"), results.get("soak")
+    single = {run["concurrency"]: run for run in runs if run["images_per_request"] == 1 and not run.get("model")}
+    lone = next((run for run in runs if run.get("model")), None)
+
+    def p50_ratio(run):
+        theirs = peer_run(peer, run) if peer and run else None
+        return run["latency_us"]["p50"] / theirs["latency_us"]["p50"] if theirs else None
+
+    c64 = single.get(64)
+    peer64 = peer_run(peer, c64) if peer and c64 else None
+    npy = next((run for run in runs if run["images_per_request"] > 1), None)
+    memory = None
+    if soaked:
+        memory = max(abs(soaked["rss_after_mib"][name] - before) / before
+                     for name, before in soaked["rss_before_mib"].items() if name in soaked["rss_after_mib"])
+    rows = [("c=1 p50 / the peer's, batched model", p50_ratio(single.get(1)), 2.0, "max")]
+    if lone:
+        rows.append((f"c=1 p50 / the peer's, {lone['model']}", p50_ratio(lone), 2.0, "max"))
+    rows += [
+        ("c=64 req/s / the peer's", c64["requests_per_s"] / peer64["requests_per_s"] if peer64 else None, 5.0, "min"),
+        ("c=64 p99 / p50", c64["latency_us"]["p99"] / c64["latency_us"]["p50"] if c64 else None, 1.6, "max"),
+        (".npy images/s / raw ceiling", npy["images_per_s"] / raw["images_per_s"] if npy and raw else None, 0.7,
+         "min"),
+        (f"RSS change over the soak ({soaked['requests'] if soaked else 0} requests), largest of the processes",
+         memory, 0.10, "max"),
+    ]
+    return rows
+
+
+def print_targets(results: dict) -> None:
+    rows = [row for row in targets(results) if row[1] is not None]
+    if not rows:
+        return
+    print("\nissue #23's targets, this run:")
+    for label, value, bound, kind in rows:
+        met = value <= bound if kind == "max" else value >= bound
+        print(f"  {label:<72} {value:6.2f}  ({'<=' if kind == 'max' else '>='} {bound:g}: "
+              f"{'met' if met else 'NOT met'})")
 
 
 def plot(results: dict, path: Path) -> None:
@@ -88,7 +142,7 @@ def plot(results: dict, path: Path) -> None:
     peer = results.get("peer")
     for who, all_runs, colour in (("TorchServe", results["runs"], "tab:blue"),
                                   ("FastAPI peer", peer["runs"] if peer else [], "tab:orange")):
-        runs = [run for run in all_runs if run["images_per_request"] == 1]
+        runs = [run for run in all_runs if run["images_per_request"] == 1 and not run.get("model")]
         if not runs:
             continue
         for key, style in (("p50", "o-"), ("p99", "^:")):
@@ -97,6 +151,9 @@ def plot(results: dict, path: Path) -> None:
         for run in runs:
             axis.annotate(f"c={run['concurrency']}", (run["requests_per_s"], run["latency_us"]["p99"] / 1e3),
                           textcoords="offset points", xytext=(4, 4), fontsize=8, color=colour)
+    for run in (run for run in results["runs"] if run.get("model")):  # the model for lone requests: one point
+        axis.plot([run["requests_per_s"]], [run["latency_us"]["p50"] / 1e3], "*", color="tab:green", markersize=10,
+                  label=f"{run['model']} p50 (c=1)")
     axis.set_xlabel("throughput (requests/s)")
     axis.set_ylabel("latency (ms)")
     axis.set_yscale("log")

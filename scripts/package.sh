@@ -4,6 +4,8 @@
 #   scripts/package.sh                       # artifacts/ -> model_store/digits.mar, version 1.0
 #   scripts/package.sh --version 2.0 --artifacts artifacts/v2 --archive-name digits_v2
 #                                            # -> model_store/digits_v2.mar: model digits, version 2.0
+#   scripts/package.sh --latency             # -> model_store/digits-latency.mar: model digits-latency, for lone
+#                                            #    requests (batching off, one worker; docs/serving.md)
 #
 # The archive carries the weights (state_dict + architecture) and their SHA-256 (weights.sha256), the
 # handler (and handler/wire.py, which reads the request formats), the model/ package (network + the one preprocessing module) so the handler imports it exactly
@@ -17,10 +19,13 @@ artifacts="artifacts"
 export_path="model_store"
 archive_name=""
 model_config="$root/handler/model-config.yaml"
+latency=""
+model_name_given=""
 
 usage() {
   cat <<USAGE
 usage: scripts/package.sh [--version V] [--model-name NAME] [--artifacts DIR] [--export-path DIR] [--model-config FILE]
+                          [--latency]
   --version       model version recorded in the archive (default: $version)
   --model-name    model name, the URL path /predictions/<name> (default: $model_name)
   --archive-name  file name of the archive without .mar (default: the model name); two versions of one
@@ -28,22 +33,28 @@ usage: scripts/package.sh [--version V] [--model-name NAME] [--artifacts DIR] [-
   --artifacts     train.py's output dir with digit_cnn.pt and index_to_name.json (default: $artifacts)
   --export-path   where <name>.mar is written (default: $export_path)
   --model-config  TorchServe per-model settings (default: handler/model-config.yaml)
+  --latency       the model for lone requests: the model config with batching off (batchSize 1: no wait for a
+                  batch to fill) and one worker; model name <name>-latency unless --model-name is given
 USAGE
 }
 
 while [ $# -gt 0 ]; do
   case "$1" in
     --version) version="$2"; shift 2 ;;
-    --model-name) model_name="$2"; shift 2 ;;
+    --model-name) model_name="$2"; model_name_given=1; shift 2 ;;
     --archive-name) archive_name="$2"; shift 2 ;;
     --artifacts) artifacts="$2"; shift 2 ;;
     --export-path) export_path="$2"; shift 2 ;;
     --model-config) model_config="$2"; shift 2 ;;
+    --latency) latency=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "package.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
 done
 
+if [ -n "$latency" ] && [ "$model_name_given" != 1 ]; then
+  model_name="$model_name-latency"
+fi
 archive_name="${archive_name:-$model_name}"
 case "$archive_name" in
   */*|.*|"") echo "package.sh: --archive-name is a file name without .mar, got '$archive_name'" >&2; exit 2 ;;
@@ -66,6 +77,16 @@ archiver="$(command -v torch-model-archiver || true)"
 stage="$(mktemp -d)"
 out="$(mktemp -d)"
 trap 'rm -rf "$stage" "$out"' EXIT
+if [ -n "$latency" ]; then
+  # The same settings but three: a lone request is handed to the worker at once instead of waiting maxBatchDelay
+  # for company (TorchServe skips the batch loop at batchSize 1), and one worker, beside the batched model's.
+  for key in batchSize minWorkers maxWorkers; do
+    grep -q "^$key: " "$model_config" || { echo "package.sh: $model_config sets no top-level $key" >&2; exit 1; }
+  done
+  sed -e 's/^batchSize: .*/batchSize: 1/' -e 's/^minWorkers: .*/minWorkers: 1/' -e 's/^maxWorkers: .*/maxWorkers: 1/' \
+    "$model_config" >"$out/model-config.yaml"
+  model_config="$out/model-config.yaml"
+fi
 mkdir -p "$stage/model" "$stage/handler"
 cp "$root"/model/*.py "$stage/model/"
 # The handler's own modules (handler/wire.py: request formats -> decoded images; the Open Inference Protocol;

@@ -15,12 +15,15 @@ PACKAGE_SCRIPT = ROOT / "scripts" / "package.sh"
 
 
 def package(artifacts: Path, store: Path, name: str, model_config: Path | None = None, version: str = "1.0",
-            archive_name: str | None = None) -> Path:
-    """scripts/package.sh: train.py's output `artifacts` -> store/<archive_name or name>.mar; its path."""
+            archive_name: str | None = None, latency: bool = False) -> Path:
+    """scripts/package.sh: train.py's output `artifacts` -> store/<archive_name or name>.mar; its path. `latency`:
+    the model config with batching off and one worker (package.sh --latency), for a model serving lone requests."""
     command = [str(PACKAGE_SCRIPT), "--artifacts", str(artifacts), "--export-path", str(store),
                "--model-name", name, "--version", version, "--archive-name", archive_name or name]
     if model_config:
         command += ["--model-config", str(model_config)]
+    if latency:
+        command.append("--latency")
     # The archiver of the Python running this (the venv's), whatever the shell's PATH says.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     subprocess.run(command, check=True, env=env, capture_output=True)

@@ -30,10 +30,11 @@ def artifacts_v2(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def model_store(artifacts, artifacts_v2, tmp_path_factory) -> Path:
-    """digits.mar as scripts/package.sh builds it (shipped model-config), digits_v2.mar (model digits, version 2.0),
-    and the batching test model."""
+    """digits.mar as scripts/package.sh builds it (shipped model-config), digits-latency.mar (the model for lone
+    requests: --latency), digits_v2.mar (model digits, version 2.0), and the batching test model."""
     store = tmp_path_factory.mktemp("model_store")
     package(artifacts, store, "digits")
+    package(artifacts, store, "digits-latency", latency=True)
     package(artifacts_v2, store, "digits", version="2.0", archive_name="digits_v2")
     config = tmp_path_factory.mktemp("config") / "batch-model-config.yaml"
     config.write_text(BATCH_MODEL_CONFIG)
