@@ -13,7 +13,7 @@ from benchmarks.ceiling import RAW_BATCH, preprocessing_cost, raw_throughput, we
 from benchmarks.counters import resident_memory, server_pids
 from benchmarks.inputs import answered_right, sample_inputs
 from benchmarks.load import (DURATIONS, IMAGES_PER_REQUEST, KILLS, RECOVERY_LOAD_SECONDS, SOAK_REQUESTS, SOAK_SETTLE,
-                             load_settings, overload, recovery, run_wrk, soak)
+                             SPORADIC_REQUESTS, load_settings, overload, recovery, run_wrk, soak, sporadic)
 from benchmarks.peer import start_peer, stop_process_tree
 from benchmarks.report import plot, print_table
 from serving import launch
@@ -112,17 +112,20 @@ def main(argv: list[str] | None = None) -> int:
         rate = None  # the soak's first estimate: the concurrency-64 run's (the warm-up's rate is still climbing)
         memory_warm = resident_memory(pids)
 
-        runs, profile, peer = [], [], None
+        runs, profile, peer, lone = [], [], None, {}
         if args.only is None:
             runs, profile = load_settings(url, work, token, durations, pids, args, metrics=metrics)
             if latency_model is not None:
                 runs.append(measure_latency_model(f"{inference}/predictions/{latency_model}", url, latency_model,
                                                   work, token, durations))
+            print(f"a lone request every 50 ms, {SPORADIC_REQUESTS[mode]} of them, to each model ...", flush=True)
+            for name in [args.model] + ([latency_model] if latency_model else []):
+                lone[name] = sporadic(f"{inference}/predictions/{name}", png, token, SPORADIC_REQUESTS[mode])
             total += sum(run["requests"] for run in runs)
             rate = runs[2]["requests_per_s"]
             if args.peer:
                 peer = measure_peer(args.archive if args.url is None else ROOT / "model_store" / "digits.mar",
-                                    args.model, work, durations)
+                                    args.model, work, durations, SPORADIC_REQUESTS[mode])
 
         overloaded = None
         if args.only in (None, "overload"):
@@ -165,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {
             "machine": {"cpus": os.cpu_count(), "torch_threads_per_worker": 1, "workers": workers},
             "runs": runs,
+            "sporadic": lone,
             "peer": peer,
             "raw": raw,
             "profile_worker_at_c64": profile,
@@ -208,7 +212,7 @@ def measure_latency_model(url: str, batched: str, model: str, work: Path, token:
             "images_per_s": run["requests_per_s"], **run}
 
 
-def measure_peer(archive: Path, model: str, work: Path, durations: dict) -> dict:
+def measure_peer(archive: Path, model: str, work: Path, durations: dict, lone_requests: int) -> dict:
     """Start the FastAPI peer, warm it up, run the same load settings, stop it."""
     token = secrets.token_urlsafe(24)
     print("starting the FastAPI peer (2 uvicorn workers) ...", flush=True)
@@ -217,7 +221,9 @@ def measure_peer(archive: Path, model: str, work: Path, durations: dict) -> dict
     try:
         run_wrk(url, work / "digit.png", token, "image/png", 16, durations["warmup"])
         runs, _ = load_settings(url, work, token, durations, None, argparse.Namespace(profile=False), who="peer: ")
-        return {"server": "FastAPI + uvicorn, 2 workers, batch 1, 1 torch thread each", "runs": runs}
+        print("peer: a lone request every 50 ms ...", flush=True)
+        return {"server": "FastAPI + uvicorn, 2 workers, batch 1, 1 torch thread each", "runs": runs,
+                "sporadic": sporadic(url, (work / "digit.png").read_bytes(), token, lone_requests)}
     finally:
         stop_process_tree(process)
 

@@ -30,6 +30,9 @@ KILLS = {"full": 5, "quick": 1}
 RECOVERY_CONCURRENCY = 8
 # wrk's run around each kill: 2 s before it, the rest while the worker is replaced (quick: a smoke run of the step)
 RECOVERY_LOAD_SECONDS = {"full": 20, "quick": 8}
+# A lone request now and then, as the page sends one per stroke: requests this far apart, this many (full / quick)
+SPORADIC_GAP_S = 0.05
+SPORADIC_REQUESTS = {"full": 200, "quick": 20}
 
 
 def run_wrk(url: str, body: Path | list[tuple[Path, int]], token: str, content_type: str, concurrency: int,
@@ -85,6 +88,34 @@ def load_settings(url: str, work: Path, token: str, durations: dict, pids: dict 
                  "concurrency": MULTI_CONCURRENCY, "images_per_request": IMAGES_PER_REQUEST,
                  "images_per_s": run["requests_per_s"] * IMAGES_PER_REQUEST, **run})
     return runs, profile
+
+
+def sporadic(url: str, body: bytes, token: str, requests: int, gap: float = SPORADIC_GAP_S) -> dict:
+    """`requests` single requests, one every `gap` seconds on one keep-alive connection (http.client, the standard
+    library's plainest client): what a lone request costs when the server was idle in between, unlike wrk's
+    back-to-back concurrency 1. Each must be a 200. Percentiles in microseconds, as wrk's."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    address = urlsplit(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "image/png"}
+    took = []
+    try:
+        for _ in range(requests):
+            time.sleep(gap)
+            start = time.perf_counter()
+            connection.request("POST", address.path, body=body, headers=headers)
+            answer = connection.getresponse()
+            answer.read()
+            took.append(time.perf_counter() - start)
+            if answer.status != 200:
+                raise RuntimeError(f"{url} answered {answer.status} to a lone request")
+    finally:
+        connection.close()
+    cuts = statistics.quantiles(took, n=100, method="inclusive")
+    return {"requests": requests, "gap_s": gap,
+            "latency_us": {"p50": statistics.median(took) * 1e6, "p90": cuts[89] * 1e6, "p99": cuts[98] * 1e6}}
 
 
 def soak(url: str, bodies: list[tuple[Path, int]], token: str, requests: int, rate: float | None,
