@@ -13,7 +13,7 @@ from benchmarks.ceiling import RAW_BATCH, preprocessing_cost, raw_throughput, we
 from benchmarks.counters import resident_memory, server_pids
 from benchmarks.inputs import answered_right, sample_inputs
 from benchmarks.load import (DURATIONS, IMAGES_PER_REQUEST, KILLS, RECOVERY_LOAD_SECONDS, SOAK_REQUESTS, SOAK_SETTLE,
-                             SPORADIC_REQUESTS, load_settings, overload, recovery, run_wrk, soak, sporadic)
+                             PEER, SPORADIC_REQUESTS, load_settings, overload, recovery, run_wrk, soak, sporadic)
 from benchmarks.peer import start_peer, stop_process_tree
 from benchmarks.report import plot, print_table
 from serving import launch
@@ -118,14 +118,18 @@ def main(argv: list[str] | None = None) -> int:
             if latency_model is not None:
                 runs.append(measure_latency_model(f"{inference}/predictions/{latency_model}", url, latency_model,
                                                   work, token, durations))
-            print(f"a lone request every 50 ms, {SPORADIC_REQUESTS[mode]} of them, to each model ...", flush=True)
-            for name in [args.model] + ([latency_model] if latency_model else []):
-                lone[name] = sporadic(f"{inference}/predictions/{name}", png, token, SPORADIC_REQUESTS[mode])
+            lone = {name: (f"{inference}/predictions/{name}", token)
+                    for name in [args.model] + ([latency_model] if latency_model else [])}
             total += sum(run["requests"] for run in runs)
             rate = runs[2]["requests_per_s"]
             if args.peer:
                 peer = measure_peer(args.archive if args.url is None else ROOT / "model_store" / "digits.mar",
-                                    args.model, work, durations, SPORADIC_REQUESTS[mode])
+                                    args.model, work, durations, lone, SPORADIC_REQUESTS[mode])
+                lone = peer.pop("sporadic")  # measured with the peer up: TorchServe's models and the peer in turn
+            else:
+                print(f"a lone request every 50 ms, {SPORADIC_REQUESTS[mode]} to each model in turn ...", flush=True)
+                lone = sporadic(lone, png, SPORADIC_REQUESTS[mode])
+
 
         overloaded = None
         if args.only in (None, "overload"):
@@ -212,8 +216,9 @@ def measure_latency_model(url: str, batched: str, model: str, work: Path, token:
             "images_per_s": run["requests_per_s"], **run}
 
 
-def measure_peer(archive: Path, model: str, work: Path, durations: dict, lone_requests: int) -> dict:
-    """Start the FastAPI peer, warm it up, run the same load settings, stop it."""
+def measure_peer(archive: Path, model: str, work: Path, durations: dict, lone: dict, lone_requests: int) -> dict:
+    """Start the FastAPI peer, warm it up, run the same load settings, then the lone requests now and then to it
+    and to `lone` (TorchServe's models: name -> (url, token)) in turn; stop it."""
     token = secrets.token_urlsafe(24)
     print("starting the FastAPI peer (2 uvicorn workers) ...", flush=True)
     process, base = start_peer(archive, work, token)
@@ -221,9 +226,10 @@ def measure_peer(archive: Path, model: str, work: Path, durations: dict, lone_re
     try:
         run_wrk(url, work / "digit.png", token, "image/png", 16, durations["warmup"])
         runs, _ = load_settings(url, work, token, durations, None, argparse.Namespace(profile=False), who="peer: ")
-        print("peer: a lone request every 50 ms ...", flush=True)
+        print(f"a lone request every 50 ms, {lone_requests} to each of {', '.join([*lone, PEER])} in turn ...",
+              flush=True)
         return {"server": "FastAPI + uvicorn, 2 workers, batch 1, 1 torch thread each", "runs": runs,
-                "sporadic": sporadic(url, (work / "digit.png").read_bytes(), token, lone_requests)}
+                "sporadic": sporadic({**lone, PEER: (url, token)}, (work / "digit.png").read_bytes(), lone_requests)}
     finally:
         stop_process_tree(process)
 

@@ -90,32 +90,44 @@ def load_settings(url: str, work: Path, token: str, durations: dict, pids: dict 
     return runs, profile
 
 
-def sporadic(url: str, body: bytes, token: str, requests: int, gap: float = SPORADIC_GAP_S) -> dict:
-    """`requests` single requests, one every `gap` seconds on one keep-alive connection (http.client, the standard
-    library's plainest client): what a lone request costs when the server was idle in between, unlike wrk's
-    back-to-back concurrency 1. Each must be a 200. Percentiles in microseconds, as wrk's."""
+PEER = "the peer"  # the name of the peer's results among sporadic()'s targets
+
+
+def sporadic(targets: dict[str, tuple[str, str]], body: bytes, requests: int, gap: float = SPORADIC_GAP_S) -> dict:
+    """A lone request now and then: `requests` single requests to each of `targets` (name -> (url, token)), one
+    every `gap` seconds, the targets in turn (their order rotating each round), each on its own keep-alive
+    connection (http.client, the standard library's plainest client). Unlike wrk's concurrency 1, which sends
+    back to back, each server was idle before each request; taking turns, the targets share the machine's drift,
+    so their ratios are paired. Each answer must be a 200. Per target: percentiles in microseconds, as wrk's."""
     import http.client
     from urllib.parse import urlsplit
 
-    address = urlsplit(url)
-    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "image/png"}
-    took = []
+    addresses = {name: urlsplit(url) for name, (url, _) in targets.items()}
+    connections = {name: http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+                   for name, address in addresses.items()}
+    took: dict[str, list[float]] = {name: [] for name in targets}
+    names = list(targets)
     try:
-        for _ in range(requests):
-            time.sleep(gap)
-            start = time.perf_counter()
-            connection.request("POST", address.path, body=body, headers=headers)
-            answer = connection.getresponse()
-            answer.read()
-            took.append(time.perf_counter() - start)
-            if answer.status != 200:
-                raise RuntimeError(f"{url} answered {answer.status} to a lone request")
+        for turn in range(requests):
+            for name in names[turn % len(names):] + names[:turn % len(names)]:
+                time.sleep(gap)
+                headers = {"Authorization": f"Bearer {targets[name][1]}", "Content-Type": "image/png"}
+                start = time.perf_counter()
+                connections[name].request("POST", addresses[name].path, body=body, headers=headers)
+                answer = connections[name].getresponse()
+                answer.read()
+                took[name].append(time.perf_counter() - start)
+                if answer.status != 200:
+                    raise RuntimeError(f"{name} answered {answer.status} to a lone request")
     finally:
-        connection.close()
-    cuts = statistics.quantiles(took, n=100, method="inclusive")
-    return {"requests": requests, "gap_s": gap,
-            "latency_us": {"p50": statistics.median(took) * 1e6, "p90": cuts[89] * 1e6, "p99": cuts[98] * 1e6}}
+        for connection in connections.values():
+            connection.close()
+    results = {}
+    for name, times in took.items():
+        cuts = statistics.quantiles(times, n=100, method="inclusive")
+        results[name] = {"requests": requests, "gap_s": gap, "latency_us": {
+            "p50": statistics.median(times) * 1e6, "p90": cuts[89] * 1e6, "p99": cuts[98] * 1e6}}
+    return results
 
 
 def soak(url: str, bodies: list[tuple[Path, int]], token: str, requests: int, rate: float | None,

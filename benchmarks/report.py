@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from benchmarks.load import PEER
+
 
 def print_table(results: dict) -> None:
     if results["runs"]:
@@ -33,16 +35,16 @@ def print_table(results: dict) -> None:
                   f"{latency['p50'] / 1e3:>7.2f} {latency['p99'] / 1e3:>7.2f} {theirs['error_count']:>6} "
                   f"{ours['requests_per_s'] / theirs['requests_per_s']:>8.2f} "
                   f"{mine['p50'] / latency['p50']:>6.2f} {mine['p99'] / latency['p99']:>6.2f}")
-    lone, theirs = results.get("sporadic") or {}, (peer or {}).get("sporadic")
+    lone = results.get("sporadic") or {}
     if lone:
+        theirs = lone.get(PEER)
         gap = next(iter(lone.values()))["gap_s"]
-        print(f"\na lone request every {gap * 1e3:.0f} ms (one keep-alive connection, idle in between), p50 / p99 ms"
-              + (" and / the peer's:" if theirs else ":"))
-        for name, measured in [*lone.items(), *([("the peer", theirs)] if theirs else [])]:
+        print(f"\na lone request every {gap * 1e3:.0f} ms, to each in turn (keep-alive, idle in between), "
+              f"p50 / p99 ms" + (" and / the peer's:" if theirs else ":"))
+        for name, measured in lone.items():
             latency = measured["latency_us"]
-            peers = theirs["latency_us"] if theirs else None
-            ratio = (f"   x{latency['p50'] / peers['p50']:.2f} / x{latency['p99'] / peers['p99']:.2f}"
-                     if peers and name != "the peer" else "")
+            ratio = (f"   x{latency['p50'] / theirs['latency_us']['p50']:.2f} / "
+                     f"x{latency['p99'] / theirs['latency_us']['p99']:.2f}" if theirs and name != PEER else "")
             print(f"  {name:<16} {latency['p50'] / 1e3:6.2f} / {latency['p99'] / 1e3:6.2f}{ratio}")
     raw = results["raw"]
     if raw:
