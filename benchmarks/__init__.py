@@ -11,6 +11,10 @@ model_store/digits.mar unless --url is given, and measures with wrk (Debian's pa
 one thread, keep-alive connections, on this same machine:
 
   * single-image PNG requests at concurrency 1, 16 and 64: requests/s, p50/p90/p99 latency, errors;
+  * the model for lone requests (digits-latency: batch 1, one worker) when --latency-archive exists (`make bench`
+    builds it), served beside digits: the same answer first, then concurrency 1;
+  * a lone request now and then: single requests 50 ms apart to each model and to the peer in turn, on their own
+    keep-alive connections (wrk's concurrency 1 sends back to back, the page one request per stroke);
   * multi-image requests (a .npy of 64 frames per request): images/s;
   * the raw in-process ceiling: the worker's model (same TorchScript optimisation, same torch threads), batched
     forward at batch 64, in as many processes as TorchServe has workers; and the per-image preprocessing cost;
@@ -38,6 +42,7 @@ The parts: inputs.py (the digits sent), load.py (wrk: load settings, soak, overl
 profile.py (py-spy), report.py (table and plot), peer/ (the FastAPI peer and its process); ab.py (this checkout's
 serving against an older commit's, round by round: `python -m benchmarks.ab --against HEAD~1`).
 
-It prints a table and writes results.json and latency.png into --output-dir (default artifacts/bench/).
+It prints a table, issue #23's targets with this run's figures, and writes results.json and latency.png into
+--output-dir (default artifacts/bench/).
 Timing numbers from a 2-core machine are noisy: compare medians of several runs, not single numbers.
 """
