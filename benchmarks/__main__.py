@@ -130,7 +130,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"a lone request every 50 ms, {SPORADIC_REQUESTS[mode]} to each model in turn ...", flush=True)
                 lone = sporadic(lone, png, SPORADIC_REQUESTS[mode])
 
-
         overloaded = None
         if args.only in (None, "overload"):
             overloaded = overload(url, work / "digit.png", token, durations["overload"],
@@ -203,9 +202,8 @@ def measure_latency_model(url: str, batched: str, model: str, work: Path, token:
     first give the digit the batched model's answer, byte for byte (the same weights, handler and version)."""
     import requests
 
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "image/png"}
-    answers = [requests.post(address, data=(work / "digit.png").read_bytes(), headers=headers, timeout=30)
-               for address in (batched, url)]
+    headers, body = {"Authorization": f"Bearer {token}", "Content-Type": "image/png"}, (work / "digit.png").read_bytes()
+    answers = [requests.post(address, data=body, headers=headers, timeout=30) for address in (batched, url)]
     if [answer.status_code for answer in answers] != [200, 200] or answers[0].content != answers[1].content:
         raise RuntimeError(f"{model} does not answer as {batched} does: "
                            f"{[(answer.status_code, answer.text[:200]) for answer in answers]}")

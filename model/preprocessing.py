@@ -298,20 +298,23 @@ def to_mnist_geometry_batch(greys, resolution: int = DIGIT_BOX,
     if len(greys) == 1 and device.type == "cpu" and isinstance(greys[0], np.ndarray) and greys[0].ndim == 2 \
             and min(greys[0].shape) >= 1:  # a lone image (a request alone in its batch): the per-image path
         frame, blank = _geometry_of_one(_as_unit_float(greys[0], device), resolution)
-        return torch.from_numpy(frame[None]), [InputError("blank image: no digit found", Reason.BLANK_IMAGE)
-                                               if blank else None]
+        return torch.from_numpy(frame[None]), [_blank_image() if blank else None]
     errors: list[InputError | None] = [None] * len(greys)
     frames = torch.zeros((len(greys), IMAGE_SIZE, IMAGE_SIZE), dtype=torch.float32, device=device)
     for indices, group in _same_size_groups(greys, errors):
         # On the CPU the work runs in numpy (see _geometry_of_one_size), elsewhere in torch on the device.
         group_frames, blank = _geometry_of_one_size(_as_unit_float(group, device), resolution)
         for position in np.flatnonzero(blank).tolist():
-            errors[indices[position]] = InputError("blank image: no digit found", Reason.BLANK_IMAGE)
+            errors[indices[position]] = _blank_image()
         group_frames = torch.as_tensor(group_frames, device=device)
         if len(indices) == len(greys):  # the common case: one size for all
             return group_frames, errors
         frames[torch.tensor(indices, device=device)] = group_frames
     return frames, errors
+
+
+def _blank_image() -> InputError:
+    return InputError("blank image: no digit found", Reason.BLANK_IMAGE)
 
 
 def _as_unit_float(group, device: torch.device):
@@ -463,10 +466,10 @@ def _geometry_of_one_size(grey, resolution: int) -> tuple[np.ndarray | torch.Ten
 def _geometry_of_one(grey: np.ndarray, resolution: int) -> tuple[np.ndarray, bool]:
     """One H x W grey image in [0, 1] (numpy) -> its 28 x 28 frame and whether it is blank: _geometry_of_one_size's
     arithmetic for a batch of one, written for one image. The batched code's ~60 numpy calls on N x ... arrays cost
-    a lone image ~270 us here; these ~35 on 2-D arrays about a third of that (python -m benchmarks, "preprocessing"
-    in its results). Same steps, same cached resize matrices (the same `length`), same float32 products; the
-    centring places the box by slicing where the batched code multiplies by one-hot matrices (exact either way),
-    so the frames are equal (tests/model/test_preprocessing.py checks this on real digits and odd images)."""
+    a 28x28 image ~270 us here; these ~35 on 2-D arrays ~115 us (docs/performance.md, round 3). Same steps, same
+    cached resize matrices (the same `length`), same float32 products; the centring places the box by slicing where
+    the batched code multiplies by one-hot matrices (exact either way), so the frames are equal
+    (tests/model/test_preprocessing.py checks this on real digits and odd images)."""
     height, width = grey.shape
     low, high = grey.min(), grey.max()
     if high - low < MIN_CONTRAST:
