@@ -4,7 +4,8 @@ batches sent together, off the requests' path.
 Each metric TorchServe's worker sends is a log line that the frontend parses. Sent from handle(), the ~8 lines of
 a batch cost a lone request ~0.45 ms of its ~4.6 ms and the server 6% of its throughput at concurrency 64
 (docs/performance.md, "Metric lines"). PendingMetrics sums them instead, and a thread of the worker sends the sums
-every few seconds: per name and labels, one line for all the batches in between.
+every handler.metrics_seconds (1 s in the shipped model-config): per name and labels, one line for all the batches
+in between.
 """
 from __future__ import annotations
 
