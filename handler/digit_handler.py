@@ -386,6 +386,11 @@ class DigitHandler(BaseHandler):
     """Loads the digit CNN once; answers each request in a batch on its own."""
 
     def initialize(self, context):
+        # How long this start took, by part (the last log line names them; docs/container.md, "Cold start"): the
+        # worker process's start (its imports, torch's among them, until TorchServe hands it the model), then each step.
+        started = time.perf_counter()
+        self.process = psutil.Process()
+        before_load_s = time.time() - self.process.create_time()
         properties = context.system_properties
         model_dir = properties["model_dir"]
         settings = (context.model_yaml_config or {}).get("handler", {}) or {}
@@ -400,11 +405,13 @@ class DigitHandler(BaseHandler):
             logger.error("%s", error)  # the worker exits; TorchServe logs this line and retries with backoff
             raise
         self.model, config, record = checkpoint.load_checkpoint(weights, self.device)
+        loaded = time.perf_counter()
         # Explanations need gradients, which the frozen TorchScript copy does not keep: they use the eager network.
         self.eager_model = self.model
         optimized = bool(settings.get("optimize", True)) and self.device.type == "cpu"
         if optimized:
             self.model = optimize_for_cpu(self.model)
+        compiled = time.perf_counter()
         self.labels = load_labels(model_dir, config.num_classes)
         self.resolution = checkpoint.training_resolution(record)
         self.topk = min(int(settings.get("topk", DEFAULT_TOPK)), len(self.labels))
@@ -415,7 +422,6 @@ class DigitHandler(BaseHandler):
         self.context = context
         self.model_name = context.model_name
         self.model_version = str(context.manifest["model"].get("modelVersion", ""))
-        self.process = psutil.Process()
         self.cpu_seconds = 0.0
         self.resources_reported = 0.0
         self.batches = 0
@@ -424,11 +430,16 @@ class DigitHandler(BaseHandler):
         self.pending_metrics.start()
         self.initialized = True
         emit_metrics(context.metrics, [("digits_worker_starts_total", 1, {}), *self.resource_metrics()], self.model_name)
+        warm_from = time.perf_counter()
+        preprocessing_device = self.preprocessing_device()
+        done = time.perf_counter()
         logger.info(
             "digit model loaded on %s by pid %d (preprocessing on %s, %d classes, torch threads %d, resolution %d, %s, "
-            "weights sha256 %s) from %s", self.device, os.getpid(), self.preprocessing_device(), len(self.labels),
+            "weights sha256 %s; started in: worker start %.0f ms, weights %.0f ms, TorchScript %.0f ms, warm-up "
+            "%.0f ms, the rest %.0f ms) from %s", self.device, os.getpid(), preprocessing_device, len(self.labels),
             torch.get_num_threads(), self.resolution, "TorchScript optimized" if optimized else "eager", digest[:16],
-            ", ".join(code_files()),
+            before_load_s * 1000, (loaded - started) * 1000, (compiled - loaded) * 1000, (done - warm_from) * 1000,
+            (warm_from - compiled) * 1000, ", ".join(code_files()),
         )
 
     def preprocessing_device(self) -> torch.device:

@@ -112,17 +112,38 @@ def decode_grey(data: bytes) -> np.ndarray:
     return grey if grey is not None else decode_with_pillow(data)
 
 
+PNG_UNCHANGED = 0  # torchvision.io.ImageReadMode.UNCHANGED: the PNG's own channels (a test compares the two)
+
+
 @functools.cache
 def _png_decoder():
     """torchvision's libpng decoder (its C++ op, without the Python wrapper's per-call deprecation warning), or None
     where torchvision's image extension is missing: then Pillow decodes everything."""
     try:
-        from torchvision.io.image import ImageReadMode
-
-        decode_png, unchanged = torch.ops.image.decode_png, ImageReadMode.UNCHANGED.value
-    except (ImportError, AttributeError, RuntimeError):
+        decode_png = load_torchvision_image_ops()
+    except (ImportError, OSError, AttributeError, RuntimeError):
         return None
-    return lambda encoded: decode_png(encoded, unchanged, False)
+    return lambda encoded: decode_png(encoded, PNG_UNCHANGED, False)
+
+
+def load_torchvision_image_ops():
+    """torch.ops.image.decode_png, from torchvision's image extension loaded on its own. Importing torchvision's
+    Python package for it would import torch._dynamo and SymPy too (torchvision.ops needs them): 1.5 s of each
+    worker's start on 2 cores, for one operator."""
+    import importlib.machinery
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("torchvision")  # finds the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("torchvision is not installed")
+    folder = Path(spec.submodule_search_locations[0])
+    for stem in ("image_stable", "image"):  # the extension's name from torchvision 0.29 on, and before
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            if (folder / f"{stem}{suffix}").is_file():
+                torch.ops.load_library(str(folder / f"{stem}{suffix}"))
+                return torch.ops.image.decode_png
+    raise ImportError(f"no image extension in {folder}")
 
 
 def plain_png_header(data: bytes) -> tuple[int, int, int, list[slice]] | None:

@@ -7,6 +7,8 @@ from serving.config import Endpoints
 from serving.rest import http_json
 from serving.tokens import TokenFileError, read_token
 
+POLL_SECONDS = 0.1  # describe is cheap; the gateway turns ready within this of the last worker (docs/container.md)
+
 
 def ready_workers(endpoints: Endpoints, model: str) -> dict[str, tuple[int, int]]:
     """{version: (READY workers, minWorkers)} for every loaded version of the model, per the management API."""
@@ -45,5 +47,5 @@ def wait_until_ready(endpoints: Endpoints, model: str, timeout: float, is_alive=
                     f"{version} {count}/{minimum}" for version, (count, minimum) in ready.items())
         except (OSError, KeyError, ValueError, TokenFileError) as error:  # the key file may be half-written
             last_error = str(error)
-        time.sleep(0.5)
+        time.sleep(POLL_SECONDS)
     raise TimeoutError(f"model {model!r} not ready after {timeout:.0f}s ({last_error})")

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 import train
+from benchmarks.coldstart import STARTED
 from handler import digit_handler
 from handler.digit_handler import DigitHandler
 from model import preprocessing
@@ -445,6 +446,20 @@ def test_initialize_logs_where_its_code_came_from(model_dir, caplog):
     files = line.rpartition(") from ")[2].split(", ")
     assert files == [str(ROOT / name) for name in ("model/digit_cnn.py", "model/checkpoint.py",
                                                    "model/preprocessing.py", "handler/wire.py")]
+
+
+def test_initialize_logs_how_long_each_part_of_its_start_took(model_dir, caplog):
+    """The durations `python -m benchmarks.coldstart` splits a container's start by, read with its own pattern:
+    here the process started long before (pytest), the rest took what this machine took."""
+    caplog.set_level("INFO")
+    began = time.perf_counter()
+    DigitHandler().initialize(make_context(model_dir, 1))
+    took_ms = (time.perf_counter() - began) * 1000
+    line = next(record.getMessage() for record in caplog.records if "digit model loaded" in record.getMessage())
+    worker_start, weights, torchscript, warm_up, rest = (int(value) for value in STARTED.search(line).groups())
+    assert worker_start > took_ms  # this process (pytest) started before the test did
+    assert 0 < weights + torchscript + warm_up + rest <= took_ms + 4  # each rounded to the ms
+    assert torchscript > 0  # the shipped model-config optimizes for the CPU
 
 
 def test_a_worker_reports_its_start_memory_and_cpu(model_dir, caplog):

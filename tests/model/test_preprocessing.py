@@ -1,4 +1,7 @@
 """The shared preprocessing: every accepted input kind, every refusal, and MNIST geometry."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +9,7 @@ from PIL import Image
 
 from model import preprocessing
 from model.preprocessing import InputError
+from tests.support import ROOT
 from tests.support.images import encode, npy_bytes, png_bytes, png_header_only, sklearn_scans_u8
 
 
@@ -372,6 +376,21 @@ def test_fast_png_decoder_gives_pillows_pixels():
             assert fast is not None and fast.dtype == np.uint8
             np.testing.assert_array_equal(fast.astype(np.float32) / 255.0, preprocessing.decode_with_pillow(data))
             assert preprocessing.decode_image(data).dtype == np.float32
+
+
+def test_fast_png_decoder_loads_torchvisions_operator_without_its_python_package():
+    """A fresh interpreter (as a TorchServe worker is) decodes a PNG with torchvision's operator and never imports
+    torchvision, torch._dynamo or SymPy; the mode it passes is torchvision's UNCHANGED."""
+    script = ("import sys; import numpy as np; from model import preprocessing; from tests.support.images import png_bytes; "
+              "assert preprocessing._png_decoder() is not None; "
+              "assert preprocessing.decode_plain_png(png_bytes(np.eye(28, dtype=np.uint8) * 255)) is not None; "
+              "print(sorted({'torchvision', 'torch._dynamo', 'sympy'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+    from torchvision.io.image import ImageReadMode
+
+    assert preprocessing.PNG_UNCHANGED == ImageReadMode.UNCHANGED.value
 
 
 def test_fast_png_decoder_leaves_everything_else_to_pillow():
