@@ -4,18 +4,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3.11
 
-.PHONY: help venv kserve-client train package package-latency package-v2 serve stop status predict demo web nginx wrk bench gpu-check docker image docker-clean check test clean
+.PHONY: help venv kserve-client train package package-latency package-v2 serve stop status predict demo web nginx wrk bench gpu-check docker image image-cpu docker-clean check test clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-serve.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-venv: $(VENV)/.installed  ## create .venv and install requirements.txt
+venv: $(VENV)/.installed  ## create .venv and install requirements.txt (it includes requirements-serve.txt)
 
 # What training reads and what scripts/package.sh ships: an edit to any of them makes the weights or the archive
 # stale, and the next `make package` (serve, web, image, demo) rebuilds them (tests/test_makefile.py checks it).
@@ -112,6 +112,12 @@ docker:  ## make sure Docker answers: install docker.io and start a daemon (no b
 
 image: package docker  ## build the image digits-serve:1.0.0 (and :latest) around model_store/digits.mar
 	deploy/docker/build.sh --archive model_store/digits.mar --tag $(IMAGE):$(IMAGE_VERSION) --tag $(IMAGE):latest
+
+# PyTorch's CPU wheels instead of the CUDA build: no CUDA libraries in the image. The index is not reachable from
+# the machines this was written on, so this variant has not been built there (docs/container.md).
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+image-cpu: package docker  ## build digits-serve:1.0.0-cpu with PyTorch's CPU wheels (needs download.pytorch.org)
+	deploy/docker/build.sh --archive model_store/digits.mar --torch-index $(TORCH_CPU_INDEX) --tag $(IMAGE):$(IMAGE_VERSION)-cpu
 
 # Every layer the Dockerfile builds carries this label, and so does the base image build.sh makes offline: the
 # tests keep them as the build cache for the next run (each is gigabytes).

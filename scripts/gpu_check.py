@@ -3,8 +3,10 @@
     scripts/gpu_check.sh              # on a CUDA machine: check; without one: say so and exit 0
     scripts/gpu_check.sh --cpu        # the same steps with CPU workers (a dry run of this check anywhere)
     scripts/gpu_check.sh --artifacts DIR   # train.py's output to package (default: artifacts/)
-    scripts/gpu_check.sh --archive FILE    # the weights of a built .mar instead (inside the container image:
-                                           #   --archive /opt/digits/model_store/digits.mar)
+    scripts/gpu_check.sh --archive FILE    # the weights of a built .mar instead, with SAMPLES held-out digits
+    scripts/gpu_check.sh --samples DIR     # labelled PNGs to send (NAME_label-N.png, as train.py writes them)
+    # inside the container image, which carries the archive and its training run's samples but not train.py:
+    scripts/gpu_check.sh --archive model_store/digits.mar --samples samples
 
 What it does, in about a minute on a GPU machine: packages the weights (training first if there are none) with
 handler/model-config.yaml plus `deviceType: gpu` and `deviceIds: [0..N-1]`, starts its own TorchServe (free ports,
@@ -45,13 +47,19 @@ def cuda_devices() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def artifacts_from_archive(archive: Path, out: Path) -> Path:
-    """The archive's weights and labels, and SAMPLES held-out digits as labelled PNGs (no training)."""
+def artifacts_from_archive(archive: Path, out: Path, draw_samples: bool) -> Path:
+    """The archive's weights and labels, and if `draw_samples`, SAMPLES held-out digits drawn by train.py as labelled
+    PNGs (no training; train.py needs requirements.txt, which the image does not carry)."""
     from PIL import Image
 
-    import train
-
     mar.extract(archive, out, [mar.weights_name(archive), "index_to_name.json"])
+    if not draw_samples:
+        return out
+    try:
+        import train
+    except ImportError as error:
+        raise ValueError(f"drawing held-out digits needs train.py and its requirements ({error}): "
+                         "pass --samples DIR") from None
     (out / "samples").mkdir()
     images, labels = train.default_test_split()
     for index in range(SAMPLES):
@@ -152,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", action="store_true", help="CPU workers: a dry run of every step")
     parser.add_argument("--artifacts", type=Path, default=ROOT / "artifacts", help="train.py's output to package")
     parser.add_argument("--archive", type=Path, default=None, help="the weights of a built .mar instead")
+    parser.add_argument("--samples", type=Path, default=None,
+                        help="labelled PNGs to send (default: the artifacts' samples/, or with --archive held-out "
+                             "digits drawn by train.py)")
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         print(f"gpu_check: unknown argument {unknown[0]}", file=sys.stderr)
@@ -173,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         artifacts = args.artifacts
         if args.archive:
             try:
-                artifacts = artifacts_from_archive(args.archive, work / "artifacts")
+                artifacts = artifacts_from_archive(args.archive, work / "artifacts", args.samples is None)
             except (OSError, KeyError, ValueError) as error:
                 print(f"gpu_check: cannot read {args.archive}: {error}", file=sys.stderr)
                 return 1
@@ -186,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as error:
             print(f"gpu_check: TorchServe did not get the model ready: {error}", file=sys.stderr)
             return 1
-        return check(server, device, sorted((artifacts / "samples").glob("*.png")))
+        return check(server, device, sorted((args.samples or artifacts / "samples").glob("*.png")))
     finally:
         if server is not None:
             server.stop()

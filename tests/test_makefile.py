@@ -15,7 +15,7 @@ import pytest
 
 from tests.support import ROOT
 
-COPIED = ["Makefile", "requirements.txt", "train.py", "model", "handler", "scripts/package.sh"]
+COPIED = ["Makefile", "requirements.txt", "requirements-serve.txt", "train.py", "model", "handler", "scripts/package.sh"]
 
 
 @pytest.fixture

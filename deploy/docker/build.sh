@@ -4,7 +4,10 @@
 #   deploy/docker/build.sh                                   # model_store/digits.mar -> digits-serve:latest
 #   deploy/docker/build.sh --archive /tmp/x/digits.mar --tag digits-serve:1.0.0 --tag digits-serve:latest
 #   deploy/docker/build.sh --target runtime                  # only the slow layers (no archive needed): a warm cache
-#   (--iidfile FILE: the built image's id, as docker build writes it)
+#   deploy/docker/build.sh --torch-index https://download.pytorch.org/whl/cpu --tag digits-serve:1.0.0-cpu
+#                                                            # torch and torchvision from that index (CPU wheels)
+#   (--samples DIR: the held-out PNGs the image carries for scripts/gpu_check.sh, default artifacts/samples, from
+#    the training run that made the archive; --iidfile FILE: the built image's id, as docker build writes it)
 #
 # On a machine with a registry and PyPI this is `docker build` with a small context (the files the image needs
 # and the archive). Two things make it work offline too, and neither reaches the Dockerfile:
@@ -17,6 +20,8 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 archive="$root/model_store/digits.mar"
+samples="$root/artifacts/samples"
+torch_index=""
 tags=()
 target=""
 iidfile=""
@@ -25,15 +30,19 @@ label="io.digits-serve.project=digits-serve"  # the Dockerfile's label: `make do
 while [ $# -gt 0 ]; do
   case "$1" in
     --archive) archive="$2"; shift 2 ;;
+    --samples) samples="$2"; shift 2 ;;
+    --torch-index) torch_index="$2"; shift 2 ;;
     --tag) tags+=("$2"); shift 2 ;;
     --target) target="$2"; shift 2 ;;
     --iidfile) iidfile="$2"; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "build.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 [ ${#tags[@]} -gt 0 ] || [ -n "$target" ] || tags=("digits-serve:latest")
 [ -n "$target" ] || [ -f "$archive" ] || { echo "build.sh: $archive not found: run 'make package' first" >&2; exit 1; }
+[ -n "$target" ] || compgen -G "$samples/*.png" >/dev/null \
+  || { echo "build.sh: no PNGs in $samples: train first (make train), or pass --samples DIR" >&2; exit 1; }
 docker info >/dev/null 2>&1 || { echo "build.sh: no Docker daemon answers ('docker info' fails)" >&2; exit 1; }
 
 work="$(mktemp -d /tmp/digits-image-XXXXXX)"
@@ -104,31 +113,41 @@ print(*range(base, base + 20))' "$index"); do
   [ -n "$served" ] || { echo "build.sh: could not serve $index on 127.0.0.1" >&2; exit 1; }
   extra_urls+=("$served")
 done
+trusted=""
 if [ ${#extra_urls[@]} -gt 0 ]; then
-  build_args+=(--build-arg "PIP_EXTRA_INDEX_URL=${extra_urls[*]}" --build-arg "PIP_TRUSTED_HOST=127.0.0.1")
+  build_args+=(--build-arg "PIP_EXTRA_INDEX_URL=${extra_urls[*]}")
+  trusted=127.0.0.1
 fi
 [ -n "${PIP_INDEX_URL:-}" ] && build_args+=(--build-arg "PIP_INDEX_URL=$PIP_INDEX_URL")
+if [ -n "$torch_index" ]; then
+  build_args+=(--build-arg "TORCH_INDEX_URL=$torch_index")
+  # A plain-http index on this machine's loopback (a local mirror of the wheels) is trusted as the folders above are.
+  case "$torch_index" in http://127.0.0.1[:/]*) trusted=127.0.0.1 ;; esac
+fi
+[ -z "$trusted" ] || build_args+=(--build-arg "PIP_TRUSTED_HOST=$trusted")
 # pip checks TLS against its own CA bundle unless told otherwise: the system's one carries this machine's CAs.
 if grep -q "^global.cert=" <<<"$pip_config"; then
   build_args+=(--build-arg "PIP_CERT=/etc/ssl/certs/ca-certificates.crt")
 fi
 
 # ---- the context: what the image needs, and nothing else. The list is .dockerignore's (`!path` lines), the one
-# place that names it, so `docker build .` by hand sends the same files; the archive comes from --archive.
+# place that names it, so `docker build .` by hand sends the same files; the archive comes from --archive, the
+# samples from --samples.
 context="$work/context"
-mkdir -p "$context/model_store"
+mkdir -p "$context/model_store" "$context/artifacts/samples"
 while read -r entry; do
   entry="${entry%/}"
-  [ "$entry" = model_store/digits.mar ] && continue
+  case "$entry" in model_store/digits.mar|artifacts/samples) continue ;; esac
   cp -r "$root/$entry" "$context/$entry"
 done < <(sed -n 's/^!//p' "$root/.dockerignore")
 find "$context" -name __pycache__ -prune -exec rm -rf {} +
 [ -z "$target" ] || [ -f "$archive" ] || archive=/dev/null  # a stage before the archive's COPY needs none
 cp "$archive" "$context/model_store/digits.mar"
+[ -n "$target" ] || cp "$samples"/*.png "$context/artifacts/samples/"
 
 tag_args=()
 for tag in "${tags[@]}"; do tag_args+=(-t "$tag"); done
 [ -z "$target" ] || tag_args+=(--target "$target")
 [ -z "$iidfile" ] || tag_args+=(--iidfile "$iidfile")
-echo "build.sh: docker build ${tags[*]:-(stage $target)} (the first build installs requirements.txt: several minutes)"
-docker build --network host "${build_args[@]}" "${tag_args[@]}" "$context"
+echo "build.sh: docker build ${tags[*]:-(stage $target)} (the first build installs requirements-serve.txt: several minutes)"
+docker build --network host --force-rm "${build_args[@]}" "${tag_args[@]}" "$context"

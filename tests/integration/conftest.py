@@ -70,9 +70,11 @@ def docker_session():
 
 
 @pytest.fixture(scope="session")
-def image(docker_session, model_store):
-    """The image, built by deploy/docker/build.sh from the Dockerfile and the freshly packaged digits.mar."""
-    return docker_session.build(model_store / "digits.mar", f"digits-serve:test-{secrets.token_hex(4)}")
+def image(docker_session, model_store, artifacts):
+    """The image, built by deploy/docker/build.sh from the Dockerfile, the freshly packaged digits.mar and the held-out
+    samples of the training run that made it."""
+    return docker_session.build(model_store / "digits.mar", artifacts / "samples",
+                                f"digits-serve:test-{secrets.token_hex(4)}")
 
 
 @pytest.fixture(scope="session")

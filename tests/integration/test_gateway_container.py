@@ -65,10 +65,12 @@ def test_the_root_filesystem_is_read_only(container_gateway):
 
 
 def test_gpu_check_runs_inside_the_image(container_gateway):
-    """scripts/gpu_check.sh inside the image, on the archive it serves (its CPU dry run here: no GPU)."""
-    output = container_gateway.exec("/opt/digits/scripts/gpu_check.sh", "--cpu",
-                                    "--archive", "/opt/digits/model_store/digits.mar")
+    """scripts/gpu_check.sh inside the image, on the archive it serves and the held-out digits it carries (its CPU dry
+    run here: no GPU)."""
+    output = container_gateway.exec("/opt/digits/scripts/gpu_check.sh", "--cpu", "--archive",
+                                    "/opt/digits/model_store/digits.mar", "--samples", "/opt/digits/samples")
     assert "gpu_check: OK: 2 workers on cpu, every check passed." in output
+    assert re.search(r"predictions: \d+ of 20 sample digits right", output), output  # the 20 the image carries
 
 
 @pytest.mark.parametrize("victim", ["nginx", "java"])

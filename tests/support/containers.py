@@ -135,9 +135,9 @@ class DockerSession:
             self._build(f"prepare-{stage}.log", "--target", stage, "--iidfile", str(iid))
             self.cache.update(ancestry(iid.read_text().strip()))
 
-    def build(self, archive: Path, tag: str) -> str:
+    def build(self, archive: Path, samples: Path, tag: str) -> str:
         self.images.append(tag)
-        self._build("build.log", "--archive", str(archive), "--tag", tag)
+        self._build("build.log", "--archive", str(archive), "--samples", str(samples), "--tag", tag)
         return tag
 
     def stop_build(self) -> None:
