@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3.11
 
-.PHONY: help venv kserve-client train package package-latency package-v2 serve stop status predict demo web nginx wrk bench gpu-check docker image image-cpu docker-clean check test clean
+.PHONY: help venv kserve-client triton-client perf-analyzer train package package-latency package-v2 serve stop status predict demo web nginx wrk bench gpu-check docker image image-cpu docker-clean check test clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -93,8 +93,9 @@ wrk:  ## install the load generator wrk (apt-get) if it is missing
 	  $(SUDO) apt-get install -y -q wrk >/dev/null 2>&1 || { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q wrk >/dev/null; }; }
 	@command -v wrk >/dev/null
 
-bench: package package-latency wrk  ## benchmark TorchServe with wrk against the raw in-process ceiling -> artifacts/bench/
+bench: package package-latency wrk perf-analyzer  ## benchmark TorchServe (wrk, the raw ceiling; perf_analyzer over v2) -> artifacts/bench/
 	$(PY) -m benchmarks --profile
+	$(PY) -m benchmarks.triton
 
 gpu-check: $(VENV)/.installed  ## prove the workers run on CUDA (exits 0 with a note where there is no GPU)
 	scripts/gpu_check.sh
@@ -130,13 +131,31 @@ docker-clean:  ## remove this project's images and build cache from Docker (make
 
 # KServe's Python SDK, the third-party client of the Open Inference Protocol tests: its own venv (it pins protobuf
 # and grpcio below the bundle's).
+# A client's own venv from its requirements file: $(call client_venv,VENV,REQUIREMENTS).
+define client_venv
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet -r $(2)
+	touch $(1)/.installed
+endef
+
 KSERVE_VENV := .venv-kserve
 $(KSERVE_VENV)/.installed: tests/support/kserve-requirements.txt
-	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
-	$(KSERVE_VENV)/bin/python -m pip install --quiet -r tests/support/kserve-requirements.txt
-	touch $@
+	$(call client_venv,$(KSERVE_VENV),$<)
 
 kserve-client: $(KSERVE_VENV)/.installed  ## KServe's Python SDK in .venv-kserve (for the Open Inference Protocol tests)
+
+# NVIDIA's tritonclient (HTTP) and perf_analyzer, the Open Inference Protocol's most used client and load generator:
+# their own venv (tritonclient's gevent stack has no place in .venv).
+TRITON_VENV := .venv-triton
+$(TRITON_VENV)/.installed: tests/support/triton-requirements.txt
+	$(call client_venv,$(TRITON_VENV),$<)
+
+triton-client: $(TRITON_VENV)/.installed  ## tritonclient's HTTP client in .venv-triton (for the Open Inference Protocol tests)
+
+$(TRITON_VENV)/bin/perf_analyzer: $(TRITON_VENV)/.installed benchmarks/install-perf-analyzer.sh
+	benchmarks/install-perf-analyzer.sh $(TRITON_VENV)
+
+perf-analyzer: $(TRITON_VENV)/bin/perf_analyzer  ## perf_analyzer in .venv-triton (benchmarks/install-perf-analyzer.sh)
 
 # Two tiers (docs/testing.md). `make check`, the inner loop (about 2 minutes once .venv exists): the unit tests and
 # one real TorchServe (REST, gRPC, every bad input). `make test`, what CI runs: everything (Docker, nginx,
@@ -148,7 +167,7 @@ check: $(VENV)/.installed  ## the inner loop: unit tests and one real TorchServe
 	$(PY) -m pytest $(CHECK_TESTS)
 
 test:  ## everything (what CI runs): unit tests, then integration tests against real servers
-	@$(MAKE) --no-print-directory -j3 $(VENV)/.installed $(KSERVE_VENV)/.installed wrk  # the venvs side by side
+	@$(MAKE) --no-print-directory -j3 $(VENV)/.installed $(KSERVE_VENV)/.installed $(TRITON_VENV)/bin/perf_analyzer wrk  # the venvs side by side
 	$(PY) -m pytest
 
 clean:  ## remove trained artifacts, archives and logs (keeps .venv)

@@ -21,7 +21,8 @@ local function json_escape(text)
   end))
 end
 
--- An answer the gateway gives itself, in the handler's error shape ({"code", "type", "message"}).
+-- An answer the gateway gives itself, in the handler's error shape ({"code", "type", "message"}), or on the Open
+-- Inference Protocol's paths (/v2) in that protocol's ({"error": "..."}), which its clients read.
 function M.reject(status, kind, message)
   ngx.var.gateway_refused = status -- what the metrics count: over gRPC the HTTP status stays 200
   if ngx.var.gateway_protocol == "grpc" then
@@ -31,9 +32,16 @@ function M.reject(status, kind, message)
     ngx.var.grpc_message = message
     return ngx.exec("@grpc_error")
   end
+  local body
+  if ngx.var.uri:sub(1, 4) == "/v2/" or ngx.var.uri == "/v2" then
+    body = string.format('{"error": "%s"}\n', json_escape(message))
+  else
+    body = string.format('{"code": %d, "type": "%s", "message": "%s"}\n', status, kind, json_escape(message))
+  end
   ngx.status = status
   ngx.header["Content-Type"] = "application/json"
-  ngx.print(string.format('{"code": %d, "type": "%s", "message": "%s"}\n', status, kind, json_escape(message)))
+  ngx.header["Content-Length"] = #body
+  ngx.print(body)
   return ngx.exit(status)
 end
 
@@ -77,13 +85,46 @@ local function add_torchserve_key()
   ngx.req.set_header("Authorization", "Bearer " .. key)
 end
 
--- access_by_lua for inference (REST and gRPC): the client's credential, then TorchServe's key.
-function M.inference()
+-- access_by_lua for what the gateway answers itself to clients (the v2 model metadata): the client's credential.
+function M.client()
   if credential_required and not credentials[ngx.var.http_authorization or ""] then
     return M.reject(401, "Unauthorized",
       "missing or wrong credential: send 'Authorization: Bearer <the gateway's client token>'")
   end
+end
+
+-- access_by_lua for inference (REST and gRPC): the client's credential, then TorchServe's key.
+function M.inference()
+  M.client()
   return add_torchserve_key()
+end
+
+-- The model's signature in the Open Inference Protocol, as the handler reads and answers it
+-- (handler/open_inference.py; tests/gateway/test_render.py holds the two together). The handler takes one input
+-- of any name, either pixels (this one: what a client that builds its request from the metadata sends) or encoded
+-- images (BYTES [N]); the metadata can name one datatype per input, so it names the pixels.
+local V2_METADATA = '{"name": "%s", "versions": [], "platform": "pytorch_torchserve", '
+  .. '"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [-1, 28, 28]}], '
+  .. '"outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}, '
+  .. '{"name": "labels", "datatype": "BYTES", "shape": [-1]}]}\n'
+-- ... and as Triton's model configuration (GET /v2/models/<model>/config, Triton's extension): max_batch_size 0,
+-- so the batch is the tensors' first dimension, as the handler reads it.
+local TRITON_CONFIG = '{"name": "%s", "platform": "pytorch_torchserve", "max_batch_size": 0, '
+  .. '"input": [{"name": "pixels", "data_type": "TYPE_UINT8", "dims": [-1, 28, 28]}], '
+  .. '"output": [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [-1, 10]}, '
+  .. '{"name": "labels", "data_type": "TYPE_STRING", "dims": [-1]}]}\n'
+
+-- content_by_lua for GET /v2/models/<model> and /v2/models/<model>/config: TorchServe 0.12.0 answers neither over
+-- REST (only metadata, and only over gRPC, through the handler), so the gateway answers for the model it serves.
+function M.model_metadata(model)
+  local uri = ngx.var.uri
+  local config = uri:sub(-7) == "/config"
+  local name = config and uri:match("^/v2/models/([^/]+)/config$") or uri:match("^/v2/models/([^/]+)$")
+  if name ~= model then
+    return M.reject(404, "NotFound", "no such model here: " .. model .. " is served")
+  end
+  ngx.header["Content-Type"] = "application/json"
+  ngx.print(string.format(config and TRITON_CONFIG or V2_METADATA, model))
 end
 
 -- access_by_lua for the health endpoints: no client credential (orchestrators have none).
@@ -112,6 +153,33 @@ function M.check_answer()
       ", and its connection")
     return ngx.exit(ngx.ERROR)
   end
+  if ngx.var.gateway_v2 == "1" and ngx.status >= 400 and ngx.var.upstream_status then
+    ngx.header["Content-Length"] = nil -- gateway.v2_body may rewrite TorchServe's body
+    ngx.header["Content-Type"] = "application/json"
+  end
+end
+
+-- body_filter_by_lua on the Open Inference Protocol's inference paths: an error TorchServe's frontend wrote itself
+-- (an unknown model or version, no worker; {"code", "type", "message"}) becomes the protocol's {"error": message}.
+-- Every other body passes untouched: answers, and refusals already in the protocol's shape (the handler's, the
+-- gateway's own).
+function M.v2_body()
+  if ngx.status < 400 then
+    return
+  end
+  local chunks = ngx.ctx.v2_chunks or {}
+  ngx.ctx.v2_chunks = chunks
+  chunks[#chunks + 1] = ngx.arg[1]
+  if not ngx.arg[2] then
+    ngx.arg[1] = nil -- held back until the whole body is here (an error body is small)
+    return
+  end
+  local body = table.concat(chunks)
+  if body:match('^%s*{%s*"code"') then
+    local message = body:match('"message"%s*:%s*"(.-)"%s*[,}]') or "TorchServe refused the request"
+    body = '{"error": "' .. message .. '"}\n' -- message is JSON-escaped already: it came from a JSON string
+  end
+  ngx.arg[1] = body
 end
 
 -- log_by_lua (every request of the REST and gRPC servers): the request is done (answered, failed or abandoned

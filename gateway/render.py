@@ -43,6 +43,7 @@ def render_nginx(args, state: Path, body_bytes: int) -> str:
         "METRICS_PORT": str(args.metrics_port),
         "WEB_DIR": str(args.web_dir.resolve()),
         "REQUIRE_CREDENTIAL": "false" if args.no_client_credential else "true",
+        "MODEL_NAME": args.model,
     }
     text = (GATEWAY_DIR / "nginx.conf.template").read_text()
     text = re.sub(r"\{\{([A-Z_]+)\}\}", lambda match: values[match.group(1)], text)

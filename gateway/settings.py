@@ -13,10 +13,18 @@ from serving.config import DEFAULT_CONFIG, ROOT
 
 MIN_CREDENTIAL_LENGTH = 16  # a shorter shared secret is guessable; openssl rand -hex 32 gives 64 characters
 CREDENTIAL_PATTERN = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII without spaces: it travels in a header
+# A model name as TorchServe takes it; it is written into nginx.conf (the v2 metadata answers), so nothing else.
+MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def env(name: str, default: str) -> str:
     return os.environ.get(name, default)
+
+
+def model_name(text: str) -> str:
+    if not MODEL_NAME_PATTERN.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: a model name is letters, digits, '_', '.' and '-'")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model-store", type=Path, default=Path(env("MODEL_STORE", str(ROOT / "model_store"))),
         help="directory with the .mar archives (env MODEL_STORE)")
     add("--load-models", default=env("LOAD_MODELS", "digits.mar"), help="archives to load (env LOAD_MODELS)")
-    add("--model", default=env("MODEL_NAME", "digits"), help="the model readiness waits for (env MODEL_NAME)")
+    add("--model", type=model_name, default=env("MODEL_NAME", "digits"),
+        help="the model readiness waits for, and whose v2 metadata the gateway answers (env MODEL_NAME)")
     add("--address", default=env("GATEWAY_ADDRESS", "0.0.0.0"), help="gateway listen address (env GATEWAY_ADDRESS)")
     add("--port", type=int, default=int(env("GATEWAY_PORT", "8080")), help="REST + health (env GATEWAY_PORT)")
     add("--grpc-port", type=int, default=int(env("GATEWAY_GRPC_PORT", "7070")), help="gRPC (env GATEWAY_GRPC_PORT)")

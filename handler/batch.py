@@ -17,6 +17,7 @@ class BatchRequest:
     grpc: bool = False  # came over gRPC: its answer is marked final, a v2 refusal travels in band
     explain: bool = False  # asked why the model answered (explanations)
     request_id: str | None = None  # the client's X-Request-Id, echoed in the answer
+    v2: bool = False  # came to an Open Inference Protocol path over REST: answered in its shape, errors included
     body: object = None  # the body as read (None when unreadable); a refused v2 request is answered in v2's shape
     infer: InferRequest | None = None  # an Open Inference Protocol request, read
     decoded: DecodedRequest | None = None  # its images, decoded

@@ -155,12 +155,21 @@ def read_request(idx: int, row: dict, headers: dict, default_topk: int, num_clas
     """Read: request `idx` of a batch (its row and TorchServe's request headers) -> its decoded images, or the error
     that refuses it: an InputError (400, 413), or any other exception (a bug: logged, and a 500 for this request
     alone, never for the batch)."""
+    binary_length = header_value(headers, open_inference.BINARY_HEADER)
     request = BatchRequest(grpc=came_over_grpc(headers), explain=wants_explanation(headers, row),
-                           request_id=client_request_id(headers))
+                           request_id=client_request_id(headers),
+                           v2=came_over_open_inference(headers) or binary_length is not None)
     try:
-        request.body = read_body(row)
+        binary = b""
+        if binary_length is not None:
+            request.body, binary = wire.read_binary_extension(row, binary_length)
+        else:
+            request.body = read_body(row)
+        if request.v2 and not open_inference.is_infer_request(request.body):
+            raise InputError('an Open Inference Protocol request is a JSON object with "inputs": one tensor of '
+                             'images (BYTES [N]) or pixels (UINT8/FP32 [N, 28, 28])', Reason.BAD_REQUEST)
         if open_inference.is_infer_request(request.body):
-            request.infer = open_inference.parse_infer_request(request.body, max_images, request.explain)
+            request.infer = open_inference.parse_infer_request(request.body, max_images, request.explain, binary)
             request.decoded = decode_infer_request(request.infer)
         else:
             request.decoded = decode_body(request.body, default_topk, num_classes, max_images)
@@ -252,6 +261,23 @@ def check_explained_count(request: DecodedRequest, limit: int = explanations.MAX
                             Reason.TOO_MANY_IMAGES)
 
 
+def header_value(request_properties: dict, name: str) -> str | None:
+    """A REST request's header (any spelling of its name), or None."""
+    name = name.lower()
+    for key, value in request_properties.items():
+        if isinstance(value, str) and key.lower() == name:
+            return value
+    return None
+
+
+def came_over_open_inference(request_properties: dict) -> bool:
+    """True for a REST request to /v2/models/<model>/infer|explain (or KServe v1's /v1/models/<model>:predict),
+    whatever its body: TorchServe 0.12.0 marks those with the header `explain` only, and /predictions and
+    /explanations with `explain` and `url_path` (its InferenceRequestHandler). So a body that cannot be read is
+    still refused in the protocol's shape."""
+    return header_value(request_properties, "explain") is not None and "url_path" not in request_properties
+
+
 def came_over_grpc(request_properties: dict) -> bool:
     """True for a request from TorchServe's gRPC frontend, False for REST.
 
@@ -263,10 +289,7 @@ def came_over_grpc(request_properties: dict) -> bool:
 
 def client_request_id(request_properties: dict) -> str | None:
     """The X-Request-Id header a REST client sent (any spelling of the name), or None."""
-    for name, value in request_properties.items():
-        if isinstance(value, str) and name.lower() == REQUEST_ID_HEADER:
-            return value
-    return None
+    return header_value(request_properties, REQUEST_ID_HEADER)
 
 
 def predict(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -337,7 +360,7 @@ def format_refusal(request: BatchRequest, model_name: str, model_version: str) -
     """Format: a refused request's HTTP status, reason phrase and body; a v2 request's body in the Open Inference
     Protocol's shape (in band over gRPC, where TorchServe drops per-request statuses)."""
     status, phrase, body, _ = refusal_answer(request.refusal)
-    if open_inference.is_infer_request(request.body):
+    if request.v2 or open_inference.is_infer_request(request.body):
         if request.grpc:
             request_id = request.body.get("id") if isinstance(request.body.get("id"), str) else ""
             body = open_inference.format_grpc_error(request_id, model_name, model_version, status, body["message"])
@@ -518,6 +541,12 @@ class DigitHandler(BaseHandler):
             context.set_response_header(idx, REQUEST_ID_ECHO_HEADER, request.request_id)
         if request.grpc:
             context.set_response_header(idx, STREAM_NEXT_HEADER, "false")
+        if request.answered and request.infer is not None and not request.grpc:
+            body, header_length = open_inference.encode_infer_response(request.infer, request.answer)
+            if header_length is not None:  # the binary tensor data extension: JSON header, then the outputs' bytes
+                context.set_response_content_type(idx, open_inference.BINARY_CONTENT_TYPE)
+                context.set_response_header(idx, open_inference.BINARY_HEADER, str(header_length))
+            return body
         if request.answered:
             return json.dumps(request.answer)
         status, phrase, body = format_refusal(request, self.model_name, self.model_version)

@@ -13,11 +13,20 @@ One input tensor, either
 Answered with outputs "probabilities" (FP32 [N, classes]) and "labels" (BYTES [N]: the best label per image);
 an explanation (`/v2/models/<model>/explain`) adds "attributions" and "images" (FP32 [N, 28, 28]).
 Errors: `{"error": "<message>"}` with the HTTP status, the protocol's REST error shape.
+
+Over REST, Triton's binary tensor data extension too (what tritonclient sends by default): the body is the JSON
+header (its length in the request header Inference-Header-Content-Length), then the input's bytes (its
+`parameters.binary_data_size`): BYTES elements each as a 4-byte little-endian length and the bytes (raw images, not
+base64), numbers as little-endian values, row-major. Outputs go out in binary the same way when the request asks
+(`parameters.binary_data_output` for all, an output's `parameters.binary_data` for one), with the answer's own
+Inference-Header-Content-Length.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import json
+import struct
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +40,15 @@ IMAGES_DATATYPE = "BYTES"
 PIXEL_DATATYPES = ("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP32", "FP64")
 PROBABILITIES, LABELS, ATTRIBUTIONS, IMAGES = "probabilities", "labels", "attributions", "images"
 ERROR_OUTPUT = "error"  # the one output of a refused gRPC request (see format_grpc_error)
+# Why an input may arrive with no data at all: a gRPC client sent raw_input_contents (tritonclient's always does).
+RAW_CONTENTS_HINT = (" (none at all: over gRPC, TorchServe 0.12.0 passes typed contents only and drops "
+                     "raw_input_contents, which tritonclient's gRPC client sends; use REST, or typed contents)")
+# The binary tensor data extension: the request and answer header naming the JSON part's length, the answer's type.
+BINARY_HEADER = "Inference-Header-Content-Length"
+BINARY_CONTENT_TYPE = "application/octet-stream"
+# Each numeric datatype's bytes in binary data: little-endian, as the extension specifies.
+BINARY_DTYPES = {"UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "<i1", "INT16": "<i2",
+                 "INT32": "<i4", "INT64": "<i8", "FP32": "<f4", "FP64": "<f8"}
 
 
 @dataclass
@@ -42,10 +60,15 @@ class InferRequest:
     outputs: list[str] | None
     encoded: list[bytes] = field(default_factory=list)
     frames: np.ndarray | None = None
+    binary_output: bool = False  # parameters.binary_data_output: every output in binary unless it says otherwise
+    binary_by_output: dict[str, bool] = field(default_factory=dict)  # an output's own parameters.binary_data
 
     @property
     def count(self) -> int:
         return len(self.encoded) if self.frames is None else len(self.frames)
+
+    def wants_binary(self, output: str) -> bool:
+        return self.binary_by_output.get(output, self.binary_output)
 
 
 def is_infer_request(document: object) -> bool:
@@ -79,9 +102,24 @@ def flatten(data: object) -> list:
     return data
 
 
-def parse_requested_outputs(outputs: object, allowed: tuple[str, ...]) -> list[str] | None:
+def parse_parameters(item: dict, where: str) -> dict:
+    parameters = item.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InputError(f'{where} "parameters" must be an object, got {type(parameters).__name__}', Reason.BAD_REQUEST)
+    return parameters
+
+
+def parse_flag(parameters: dict, name: str, where: str) -> bool | None:
+    value = parameters.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise InputError(f"{where} parameter {name} must be true or false, got {value!r}", Reason.BAD_REQUEST)
+    return value
+
+
+def parse_requested_outputs(outputs: object, allowed: tuple[str, ...]) -> tuple[list[str] | None, dict[str, bool]]:
+    """The outputs a request named (None: all) and, for each that says, whether it wants its data in binary."""
     if outputs is None:
-        return None
+        return None, {}
     if not isinstance(outputs, list) or not all(isinstance(item, dict) and isinstance(item.get("name"), str)
                                                 for item in outputs):
         raise InputError('"outputs" must be a list of objects with a "name"', Reason.BAD_REQUEST)
@@ -89,7 +127,63 @@ def parse_requested_outputs(outputs: object, allowed: tuple[str, ...]) -> list[s
     unknown = sorted(set(names) - set(allowed))
     if unknown:
         raise InputError(f"unknown output {unknown[0]!r}: this model answers {', '.join(allowed)}", Reason.BAD_REQUEST)
-    return names
+    binary = {}
+    for item in outputs:
+        flag = parse_flag(parse_parameters(item, f"output {item['name']!r}"), "binary_data", f"output {item['name']!r}")
+        if flag is not None:
+            binary[item["name"]] = flag
+    return names, binary
+
+
+def split_binary_body(body: bytes, header_length: str) -> tuple[object, bytes]:
+    """A body in the binary tensor data extension -> its JSON header, parsed, and the tensors' bytes after it."""
+    try:
+        length = int(header_length)
+    except ValueError:
+        raise InputError(f"{BINARY_HEADER} must be a byte count, got {header_length!r}", Reason.BAD_REQUEST) from None
+    if not 0 < length <= len(body):
+        raise InputError(f"{BINARY_HEADER} is {length}, but the body holds {len(body)} bytes", Reason.BAD_REQUEST)
+    try:
+        document = json.loads(body[:length])
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"invalid JSON in the body's first {length} bytes ({BINARY_HEADER}): {error}",
+                         Reason.BAD_JSON) from None
+    return document, body[length:]
+
+
+def split_bytes_elements(raw: bytes) -> list[bytes]:
+    """BYTES elements in binary: each a 4-byte little-endian length, then that many bytes."""
+    elements, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InputError(f"BYTES data ends inside element {len(elements)}'s 4-byte length", Reason.BAD_REQUEST)
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise InputError(f"BYTES element {len(elements)} claims {length} bytes, {len(raw) - offset} remain",
+                             Reason.BAD_REQUEST)
+        elements.append(raw[offset:offset + length])
+        offset += length
+    return elements
+
+
+def binary_input(tensor: dict, binary: bytes) -> bytes | None:
+    """The input's bytes when it came in binary (parameters.binary_data_size), else None; the body's binary part
+    must be exactly those bytes."""
+    size = parse_parameters(tensor, "input").get("binary_data_size")
+    if size is None:
+        if binary:
+            raise InputError(f"{len(binary)} bytes follow the JSON header, but the input has no "
+                             f"parameters.binary_data_size", Reason.BAD_REQUEST)
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise InputError(f"binary_data_size must be a non-negative integer, got {size!r}", Reason.BAD_REQUEST)
+    if "data" in tensor:
+        raise InputError('the input has both "data" and binary data (binary_data_size)', Reason.BAD_REQUEST)
+    if size != len(binary):
+        raise InputError(f"the input's binary_data_size is {size}, but {len(binary)} bytes follow the JSON header",
+                         Reason.BAD_REQUEST)
+    return binary
 
 
 def decode_images(data: list) -> list[bytes]:
@@ -106,8 +200,7 @@ def decode_images(data: list) -> list[bytes]:
 
 
 def read_frames(data: list, shape: list[int], count: int) -> np.ndarray:
-    """Pixel values 0..255, N x 28 x 28 (white on black) -> float32 frames in [0, 1]."""
-    size = preprocessing.IMAGE_SIZE
+    """Pixel values 0..255 as JSON numbers, N x 28 x 28 (white on black) -> float32 frames in [0, 1]."""
     if any(isinstance(value, (bool, str)) or value is None for value in data):
         raise InputError("pixel tensor data must be numbers 0-255", Reason.BAD_REQUEST)
     try:
@@ -116,9 +209,24 @@ def read_frames(data: list, shape: list[int], count: int) -> np.ndarray:
         raise InputError("pixel tensor data must be numbers 0-255", Reason.BAD_REQUEST) from None
     if array.ndim != 1:
         raise InputError("pixel tensor data must be numbers 0-255", Reason.BAD_REQUEST)
-    if array.size != count * size * size:
-        raise InputError(f"input holds {array.size} values, its shape {shape} needs {count * size * size}",
+    return frames_from_values(array, shape, count)
+
+
+def read_binary_frames(raw: bytes, datatype: str, shape: list[int], count: int) -> np.ndarray:
+    """Pixel values 0..255 in binary (little-endian `datatype`), N x 28 x 28 -> float32 frames in [0, 1]."""
+    dtype = np.dtype(BINARY_DTYPES[datatype])
+    needed = count * preprocessing.IMAGE_SIZE ** 2 * dtype.itemsize
+    if len(raw) != needed:
+        raise InputError(f"binary input holds {len(raw)} bytes, its shape {shape} of {datatype} needs {needed}",
                          Reason.BAD_REQUEST)
+    return frames_from_values(np.frombuffer(raw, dtype=dtype).astype(np.float64), shape, count)
+
+
+def frames_from_values(array: np.ndarray, shape: list[int], count: int) -> np.ndarray:
+    size = preprocessing.IMAGE_SIZE
+    if array.size != count * size * size:
+        raise InputError(f"input holds {array.size} values, its shape {shape} needs {count * size * size}"
+                         f"{RAW_CONTENTS_HINT if not array.size else ''}", Reason.BAD_REQUEST)
     if not np.isfinite(array).all():
         raise InputError("pixel tensor holds NaN or infinite values", Reason.BAD_REQUEST)
     if array.size and (array.min() < 0 or array.max() > 255):
@@ -126,8 +234,9 @@ def read_frames(data: list, shape: list[int], count: int) -> np.ndarray:
     return (array.reshape(count, size, size) / 255.0).astype(np.float32)
 
 
-def parse_infer_request(document: dict, max_images: int, explain: bool = False) -> InferRequest:
-    """A v2 request body -> InferRequest, or InputError (InputTooLarge for too many images) naming the problem."""
+def parse_infer_request(document: dict, max_images: int, explain: bool = False, binary: bytes = b"") -> InferRequest:
+    """A v2 request body -> InferRequest, or InputError (InputTooLarge for too many images) naming the problem.
+    `binary`: what followed the JSON header in a binary tensor data extension body (the input's bytes)."""
     size = preprocessing.IMAGE_SIZE
     request_id = document.get("id", "")
     if not isinstance(request_id, str):
@@ -141,7 +250,9 @@ def parse_infer_request(document: dict, max_images: int, explain: bool = False) 
             Reason.BAD_REQUEST,
         )
     tensor = inputs[0]
-    missing = [key for key in ("name", "datatype", "shape", "data") if key not in tensor]
+    raw = binary_input(tensor, binary)
+    needed = ("name", "datatype", "shape") if raw is not None else ("name", "datatype", "shape", "data")
+    missing = [key for key in needed if key not in tensor]
     if missing:
         raise InputError(f"input tensor lacks {', '.join(repr(key) for key in missing)}", Reason.BAD_REQUEST)
     name, datatype = tensor["name"], tensor["datatype"]
@@ -149,16 +260,23 @@ def parse_infer_request(document: dict, max_images: int, explain: bool = False) 
         raise InputError('input "name" must be a string', Reason.BAD_REQUEST)
     shape = parse_shape(tensor["shape"])
     allowed = (PROBABILITIES, LABELS, ATTRIBUTIONS, IMAGES) if explain else (PROBABILITIES, LABELS)
-    outputs = parse_requested_outputs(document.get("outputs"), allowed)
-    data = flatten(tensor["data"])
+    outputs, binary_by_output = parse_requested_outputs(document.get("outputs"), allowed)
+    binary_output = parse_flag(parse_parameters(document, "the request's"), "binary_data_output", "the request's")
+
+    def infer_request(**images) -> InferRequest:
+        return InferRequest(request_id, name, outputs, **images, binary_output=bool(binary_output),
+                            binary_by_output=binary_by_output)
+
     if datatype == IMAGES_DATATYPE:
         if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
             raise InputError(f"a BYTES input has shape [N] (one encoded image each), got {shape}", Reason.BAD_REQUEST)
         count = shape[0]
         preprocessing.check_image_count(count, max_images)
-        if len(data) != count:
-            raise InputError(f"input holds {len(data)} elements, its shape {shape} needs {count}", Reason.BAD_REQUEST)
-        return InferRequest(request_id, name, outputs, encoded=decode_images(data))
+        elements = split_bytes_elements(raw) if raw is not None else flatten(tensor["data"])
+        if len(elements) != count:
+            raise InputError(f"input holds {len(elements)} elements, its shape {shape} needs {count}"
+                             f"{RAW_CONTENTS_HINT if not elements else ''}", Reason.BAD_REQUEST)
+        return infer_request(encoded=elements if raw is not None else decode_images(elements))
     if datatype in PIXEL_DATATYPES:
         if shape == [size, size]:
             count = 1
@@ -169,7 +287,9 @@ def parse_infer_request(document: dict, max_images: int, explain: bool = False) 
         else:
             raise InputError(f"a pixel input has shape [N, {size}, {size}], got {shape}", Reason.BAD_REQUEST)
         preprocessing.check_image_count(count, max_images)
-        return InferRequest(request_id, name, outputs, frames=read_frames(data, shape, count))
+        if raw is not None:
+            return infer_request(frames=read_binary_frames(raw, datatype, shape, count))
+        return infer_request(frames=read_frames(flatten(tensor["data"]), shape, count))
     raise InputError(
         f"input datatype {datatype!r} is not accepted: BYTES (encoded images) or "
         f"{', '.join(PIXEL_DATATYPES)} (pixels 0-255)",
@@ -199,6 +319,33 @@ def format_infer_response(request: InferRequest, model_name: str, model_version:
     names = request.outputs if request.outputs is not None else list(tensors)
     return {"id": request.id, "model_name": model_name, "model_version": model_version,
             "outputs": [tensors[name] for name in names]}
+
+
+def tensor_bytes(datatype: str, data: list) -> bytes:
+    """An output's data in binary: BYTES elements length-prefixed (4 bytes, little-endian), numbers little-endian."""
+    if datatype == "BYTES":
+        elements = [item.encode() if isinstance(item, str) else bytes(item) for item in data]
+        return b"".join(struct.pack("<I", len(element)) + element for element in elements)
+    return np.asarray(data, dtype=BINARY_DTYPES[datatype]).tobytes()
+
+
+def encode_infer_response(request: InferRequest, answer: dict) -> tuple[str | bytes, int | None]:
+    """The answer's body: JSON text, or, when the request asked for any output in binary, the JSON header (those
+    outputs carry parameters.binary_data_size instead of "data") followed by their bytes in order; and the header's
+    length (for Inference-Header-Content-Length), None for plain JSON."""
+    chunks = []
+    outputs = []
+    for tensor in answer["outputs"]:
+        if request.wants_binary(tensor["name"]):
+            raw = tensor_bytes(tensor["datatype"], tensor["data"])
+            tensor = {key: value for key, value in tensor.items() if key != "data"}
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        outputs.append(tensor)
+    if not chunks:
+        return json.dumps(answer), None
+    header = json.dumps({**answer, "outputs": outputs}).encode()
+    return header + b"".join(chunks), len(header)
 
 
 def format_error(message: str) -> dict:

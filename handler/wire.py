@@ -141,6 +141,18 @@ def read_body(row: dict) -> bytes | object:
     return payload
 
 
+def read_binary_extension(row: dict, header_length: str) -> tuple[object, bytes]:
+    """A request in the binary tensor data extension (it carried Inference-Header-Content-Length) -> its JSON header,
+    parsed, and the tensors' bytes that follow it. TorchServe's worker may have parsed an application/json body
+    already (then all of it was JSON and no bytes follow)."""
+    payload = request_payload(row)
+    if isinstance(payload, (bytes, bytearray)):
+        return open_inference.split_binary_body(bytes(payload), header_length)
+    if isinstance(payload, str):
+        return open_inference.split_binary_body(payload.encode(), header_length)
+    return payload, b""
+
+
 def decode_body(body: bytes | object, default_topk: int, num_classes: int,
                 max_images: int = preprocessing.MAX_IMAGES_PER_REQUEST) -> DecodedRequest:
     """What read_body returned, in TorchServe's own formats -> DecodedRequest, or InputError naming the problem."""

@@ -11,12 +11,13 @@ from handler.digit_handler import load_model
 from model import preprocessing
 from model.preprocessing import InputError, InputTooLarge
 from tests.support.images import png_bytes
-from tests.support.handler_context import GRPC_REQUEST, REST_REQUEST, make_context
+from tests.support.handler_context import GRPC_REQUEST, REST_REQUEST, V2_REQUEST, make_context
 from tests.support import bad_inputs
 from tests.support.tolerances import (DEFAULT_STEPS_MAX_ERROR, DEFAULT_STEPS_MEDIAN_ERROR, FINE_MAX_ERROR,
                               FINE_STEPS)
 
-EXPLAIN_REQUEST = {**REST_REQUEST, "explain": "True"}  # what TorchServe adds for /explanations and /v2/.../explain
+EXPLAIN_REQUEST = {**REST_REQUEST, "explain": "True"}  # what TorchServe sends for /explanations
+V2_EXPLAIN_REQUEST = {**V2_REQUEST, "explain": "True"}  # ... and for /v2/models/<model>/explain
 
 
 def run(handler, model_dir, rows, requests=None):
@@ -188,7 +189,7 @@ def test_explanations_are_refused_like_predictions_and_limited(handler, model_di
 
 def test_a_v2_explanation_adds_attributions_and_images(handler, model_dir, test_split):
     answers, statuses = run(handler, model_dir, [{"body": images_request(test_split[0][:2])}],
-                            requests=[EXPLAIN_REQUEST])
+                            requests=[V2_EXPLAIN_REQUEST])
     assert statuses == [200]
     names = [tensor["name"] for tensor in answers[0]["outputs"]]
     assert names == ["probabilities", "labels", "attributions", "images"]

@@ -108,3 +108,27 @@ def test_the_soak_check_catches_wrong_and_swapped_answers(server, test_split, tm
     assert right["requests"] > 0 and right["checked_answers"] == right["requests"]
     assert right["wrong_answers"] == 0 and right["error_count"] == 0, right
     assert swapped["requests"] > 0 and swapped["wrong_answers"] == swapped["requests"]
+
+
+@pytest.mark.timeout(360)
+def test_perf_analyzer_and_wrk_measure_the_v2_path_through_the_gateway(model_store, tmp_path):
+    """python -m benchmarks.triton --quick: perf_analyzer (binary and JSON tensors) and wrk, each run answered with
+    no error, and nothing of the gateway left behind."""
+    from tests.support.system import NGINX, ensure_packages
+
+    ensure_packages(NGINX)
+    if not (ROOT / ".venv-triton" / "bin" / "perf_analyzer").exists():
+        subprocess.run(["make", "-s", "perf-analyzer"], cwd=ROOT, check=True)
+    before = set(glob.glob("/tmp/digits-triton-bench-*"))
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.triton", "--quick", "--archive", str(model_store / "digits.mar"),
+         "--output-dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    runs = json.loads((tmp_path / "triton.json").read_text())["runs"]
+    assert [(run["tool"], run["tensors"]) for run in runs] == [
+        ("perf_analyzer", "binary"), ("perf_analyzer", "json"), ("wrk", "json")]
+    for run in runs:
+        assert run["requests_per_s"] > 0 and run["error_count"] == 0, run
+        assert 0 < run["latency_us"]["p50"] <= run["latency_us"]["p99"], run
+    assert "perf_analyzer  binary" in result.stdout
+    assert set(glob.glob("/tmp/digits-triton-bench-*")) == before

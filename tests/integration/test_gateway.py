@@ -1,7 +1,8 @@
 """The gateway (nginx in front of TorchServe, python -m gateway), on the host and in the container image.
 
 Every test runs against both: `gateway` is parametrized. Clients hold the gateway's credential only; TorchServe's
-keys stay inside. Answers the gateway gives itself are JSON in the handler's error shape.
+keys stay inside. Answers the gateway gives itself are JSON in the handler's error shape, and on the Open Inference
+Protocol's paths (/v2) in that protocol's ({"error": "..."}).
 """
 from __future__ import annotations
 
@@ -38,6 +39,14 @@ def assert_gateway_error(response: requests.Response, code: int, words: str) -> 
     body = response.json()
     assert body["code"] == code and words in body["message"], body
     assert set(body) == {"code", "type", "message"}
+
+
+def assert_v2_error(response: requests.Response, code: int, words: str) -> None:
+    """An answer on a /v2 path in the protocol's error shape, what its clients (tritonclient, KServe's SDK) read."""
+    assert response.status_code == code, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"} and words in body["error"], body
 
 
 def test_health_answers_without_a_credential(gateway):
@@ -148,12 +157,17 @@ def test_bad_input_through_the_gateway_is_the_handlers_400(gateway, test_split, 
 def test_only_inference_health_and_the_page_are_routed(gateway):
     """TorchServe's other APIs (ping with its key, management, metrics, api-description, the v2 paths beyond the
     protocol's own) are not behind the REST port, whatever the method."""
-    for path in ("/ping", "/models", "/api-description", "/metrics", "/token", "/v2/", "/v2/repository/index",
-                 "/v2/models/digits/infer/extra", "/v1/models/digits:predict", "/web/index.html", "/index.htm"):
+    for path in ("/ping", "/models", "/api-description", "/metrics", "/token", "/v1/models/digits:predict",
+                 "/web/index.html", "/index.htm"):
         for method in ("GET", "POST"):
             response = requests.request(method, f"{gateway.rest}{path}", headers=gateway.auth(), timeout=TIMEOUT)
             assert_gateway_error(response, 404, "no such endpoint")
             assert "/explanations/<model>" in response.json()["message"]
+    # Under /v2 the same 404, in the protocol's shape.
+    for path in ("/v2/", "/v2/repository/index", "/v2/models/digits/infer/extra", "/v2/models/digits/stats"):
+        for method in ("GET", "POST"):
+            response = requests.request(method, f"{gateway.rest}{path}", headers=gateway.auth(), timeout=TIMEOUT)
+            assert_v2_error(response, 404, "no such endpoint")
 
 
 WEB = ROOT / "web"
@@ -211,11 +225,12 @@ def test_metrics_port_serves_prometheus_text_and_nothing_else(gateway):
     assert other.status_code == 404
 
 
-def pipelined_posts(base_url: str, count: int, source: str) -> tuple[list[int], list[bytes]]:
+def pipelined_posts(base_url: str, count: int, source: str,
+                    path: str = "/predictions/digits") -> tuple[list[int], list[bytes]]:
     """`count` POSTs without a credential written at once on one connection from `source` (HTTP/1.1
     pipelining: the gateway reads them faster than any rate): the status and the body of each answer, in order."""
     host, port = base_url.removeprefix("http://").split(":")
-    request = f"POST /predictions/digits HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1\r\n\r\nx".encode()
+    request = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1\r\n\r\nx".encode()
     received = b""
     with socket.create_connection((host, int(port)), timeout=TIMEOUT, source_address=(source, 0)) as connection:
         connection.sendall(request * count)
@@ -226,6 +241,16 @@ def pipelined_posts(base_url: str, count: int, source: str) -> tuple[list[int], 
             received += chunk
     answers = [answer.partition(b"\r\n\r\n") for answer in received.split(b"HTTP/1.1 ")[1:]]
     return [int(head.split()[0]) for head, _, _ in answers], [body.strip() for _, _, body in answers]
+
+
+def test_v2_over_the_rate_is_429_in_the_protocols_shape(gateway):
+    """The same limit on /v2 (from 127.0.0.4, a client address of its own), refused in the protocol's shape."""
+    statuses, bodies = pipelined_posts(gateway.rest, gateway.rate_burst + 300, source="127.0.0.4",
+                                       path="/v2/models/digits/infer")
+    assert set(statuses) == {401, 429}, statuses[-5:]
+    refused = statuses.index(429)
+    assert json.loads(bodies[refused]) == {"error": f"over {gateway.rate_limit} requests/s from this address: slow down"}
+    assert set(json.loads(bodies[0])) == {"error"}  # the 401s too
 
 
 def test_a_socket_bound_to_127_0_0_3_is_another_client_address():
@@ -286,24 +311,87 @@ def test_metrics_port_adds_the_gateways_own_metrics(gateway, test_split):
 
 
 # TorchServe 0.12.0's REST side of the protocol (ts_open_inference_protocol=true): server metadata, liveness and
-# readiness; model metadata and readiness only over gRPC (REST answers its own 404, routed all the same).
+# readiness; model readiness only over gRPC (REST answers its own 404, routed all the same). Model metadata and
+# Triton's model configuration: the gateway's own answers (TorchServe has neither over REST).
 V2_GET_ANSWERS = {"/v2/health/live": (200, {"live": True}), "/v2/health/ready": (200, {"ready": True}),
                   "/v2": (200, {"name": "Torchserve"}),
-                  "/v2/models/digits": (404, {"type": "ResourceNotFoundException"}),
+                  "/v2/models/digits": (200, {"name": "digits", "platform": "pytorch_torchserve"}),
+                  "/v2/models/digits/config": (200, {"name": "digits", "max_batch_size": 0}),
                   "/v2/models/digits/ready": (404, {"type": "ResourceNotFoundException"})}
 
 
 @pytest.mark.parametrize("path", sorted(V2_GET_ANSWERS))
 def test_open_inference_protocol_rest_paths_behind_the_credential(gateway, path):
-    """TorchServe's own v2 answers through the gateway, with the gateway's credential only."""
-    assert_gateway_error(requests.get(f"{gateway.rest}{path}", timeout=TIMEOUT), 401, "missing or wrong credential")
+    """The v2 GET paths through the gateway, with the gateway's credential only; its refusals in v2's shape."""
+    assert_v2_error(requests.get(f"{gateway.rest}{path}", timeout=TIMEOUT), 401, "missing or wrong credential")
     response = requests.get(f"{gateway.rest}{path}", headers=gateway.auth(), timeout=TIMEOUT)
     status, fields = V2_GET_ANSWERS[path]
     assert response.status_code == status, response.text
     body = response.json()
     assert {key: body.get(key) for key in fields} == fields, body
-    assert_gateway_error(requests.post(f"{gateway.rest}{path}", headers=gateway.auth(), timeout=TIMEOUT), 405,
-                         "this path takes GET")
+    assert_v2_error(requests.post(f"{gateway.rest}{path}", headers=gateway.auth(), timeout=TIMEOUT), 405,
+                    "this path takes GET")
+
+
+def test_the_v2_model_metadata_is_what_the_handler_takes_and_answers(gateway, test_split):
+    """The gateway's metadata names the handler's input (a pixel datatype it reads) and its outputs; another model
+    name is the protocol's 404."""
+    from handler import open_inference
+
+    metadata = requests.get(f"{gateway.rest}/v2/models/digits", headers=gateway.auth(), timeout=TIMEOUT).json()
+    [tensor] = metadata["inputs"]
+    assert tensor["datatype"] in open_inference.PIXEL_DATATYPES and tensor["shape"] == [-1, 28, 28]
+    assert [output["name"] for output in metadata["outputs"]] == [open_inference.PROBABILITIES, open_inference.LABELS]
+    images, labels = test_split
+    request = {"inputs": [{**tensor, "shape": [2, 28, 28], "data": images[:2].reshape(-1).tolist()}]}
+    answer = requests.post(f"{gateway.rest}/v2/models/digits/infer", json=request, headers=gateway.auth(),
+                           timeout=TIMEOUT).json()
+    shapes = {output["name"]: output["shape"] for output in answer["outputs"]}
+    assert shapes == {"probabilities": [2, metadata["outputs"][0]["shape"][1]], "labels": [2]}
+    assert answer["outputs"][1]["data"] == [str(label) for label in labels[:2]]
+    for path in ("/v2/models/other", "/v2/models/other/config"):
+        assert_v2_error(requests.get(f"{gateway.rest}{path}", headers=gateway.auth(), timeout=TIMEOUT), 404,
+                        "no such model here: digits is served")
+
+
+BINARY_HEADER = b'{"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 9}}]}'
+# Malformed v2 requests through the gateway: each refused in the protocol's shape with its own status, the
+# request after it answered.
+V2_REFUSALS = [
+    ("unparseable JSON", {"data": b'{"inputs": [', "headers": {"Content-Type": "application/json"}}, 400,
+     "invalid JSON"),
+    ("not a v2 request", {"json": {"data": "aGk="}}, 400, 'a JSON object with "inputs"'),
+    ("a bad image", {"json": {"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": ["aGk="]}]}},
+     400, "image 0: not an image"),
+    ("too many images", {"json": {"inputs": [{"name": "x", "datatype": "UINT8", "shape": [257, 28, 28],
+                                              "data": [0] * (257 * 784)}]}}, 413, "the limit is 256"),
+    ("a bad binary layout", {"data": BINARY_HEADER + b"\x05\x00\x00\x00ab",
+                             "headers": {"Inference-Header-Content-Length": str(len(BINARY_HEADER))}},
+     400, "binary_data_size is 9, but 6 bytes follow"),
+    # TorchServe's own refusals (its {"code", "type", "message"}), rewritten by the gateway into the protocol's shape
+    ("no such model", {"json": {"inputs": []}, "model": "nosuch"}, 404, "Model not found: nosuch"),
+    ("a version", {"json": {"inputs": []}, "model": "digits/versions/1.0"}, 501, "versioning is not yet supported"),
+]
+
+
+@pytest.mark.parametrize("name, request_, status, words", V2_REFUSALS, ids=[case[0] for case in V2_REFUSALS])
+def test_a_malformed_v2_request_gets_the_protocols_error(gateway, test_split, name, request_, status, words):
+    request_ = dict(request_)
+    model = request_.pop("model", "digits")
+    headers = {**gateway.auth(), **request_.pop("headers", {})}
+    response = requests.post(f"{gateway.rest}/v2/models/{model}/infer", headers=headers, timeout=TIMEOUT, **request_)
+    assert_v2_error(response, status, words)
+    good = {"inputs": [{"name": "x", "datatype": "UINT8", "shape": [1, 28, 28],
+                        "data": test_split[0][7].reshape(-1).tolist()}]}
+    answer = requests.post(f"{gateway.rest}/v2/models/digits/infer", json=good, headers=gateway.auth(),
+                           timeout=TIMEOUT).json()
+    assert answer["outputs"][1]["data"] == [str(test_split[1][7])]
+
+
+def test_a_v2_body_over_the_limit_is_413_in_the_protocols_shape(gateway):
+    url = f"{gateway.rest}/v2/models/digits/infer"
+    assert_v2_error(requests.post(url, data=b"\0" * 6_553_501, headers=gateway.auth(), timeout=TIMEOUT), 413,
+                    "request body over 6553500 bytes")
 
 
 def test_open_inference_protocol_infer_through_the_gateway(gateway, test_split):
@@ -311,12 +399,12 @@ def test_open_inference_protocol_infer_through_the_gateway(gateway, test_split):
     request = {"id": "gateway-test", "inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [3, 28, 28],
                                                  "data": images[:3].reshape(-1).tolist()}]}
     url = f"{gateway.rest}/v2/models/digits/infer"
-    assert_gateway_error(requests.post(url, json=request, timeout=TIMEOUT), 401, "missing or wrong credential")
+    assert_v2_error(requests.post(url, json=request, timeout=TIMEOUT), 401, "missing or wrong credential")
     response = requests.post(url, json=request, headers=gateway.auth(), timeout=TIMEOUT)
     assert response.status_code == 200, response.text
     outputs = {output["name"]: output for output in response.json()["outputs"]}
     assert outputs["labels"]["data"] == [str(label) for label in labels[:3]]
-    assert_gateway_error(requests.get(url, headers=gateway.auth(), timeout=TIMEOUT), 405, "inference takes POST")
+    assert_v2_error(requests.get(url, headers=gateway.auth(), timeout=TIMEOUT), 405, "inference takes POST")
 
 
 def test_open_inference_protocol_grpc_service_is_passed(gateway, grpc_channel):

@@ -1,7 +1,8 @@
 """Explanations and the Open Inference Protocol (KServe v2) against a real TorchServe, token auth on.
 
-Interoperability is proven with KServe's own Python SDK (InferenceRESTClient, InferenceGRPCClient), run from its own
-virtualenv (tests/support/kserve_client.py); the rest with plain HTTP and the bundle's gRPC client.
+Interoperability is proven with KServe's own Python SDK (InferenceRESTClient, InferenceGRPCClient) and NVIDIA's
+tritonclient (HTTP, its defaults: binary tensor data), each run from its own virtualenv (tests/support/kserve_client.py,
+tests/support/triton_client.py); the rest with plain HTTP and the bundle's gRPC client.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.integration
 
 TIMEOUT = 30.0
 KSERVE_PYTHON = ROOT / ".venv-kserve" / "bin" / "python"
+TRITON_PYTHON = ROOT / ".venv-triton" / "bin" / "python"
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +33,14 @@ def kserve_python():
     if not (KSERVE_PYTHON.parent.parent / ".installed").exists():
         subprocess.run(["make", "-s", "kserve-client"], cwd=ROOT, check=True)
     return KSERVE_PYTHON
+
+
+@pytest.fixture(scope="session")
+def triton_python():
+    """tritonclient in .venv-triton (`make test` builds it first; made here when pytest is run on its own)."""
+    if not (TRITON_PYTHON.parent.parent / ".installed").exists():
+        subprocess.run(["make", "-s", "triton-client"], cwd=ROOT, check=True)
+    return TRITON_PYTHON
 
 
 def own_answers(server, images) -> list[dict]:
@@ -49,16 +59,23 @@ def probabilities_of(answer: dict) -> np.ndarray:
     return row
 
 
-def run_kserve_client(kserve_python, tmp_path, rest: str, grpc_target: str, token: str, test_split) -> dict:
+def run_client(python, script: str, tmp_path, test_split, **case) -> dict:
+    """A third-party client's script (tests/support/<script>) in its own venv, on a case file: the addresses and
+    token in `case`, plus 8 PNG images, 4 pixel frames and one bad image; what it made of the answers, as JSON."""
     images, _ = test_split
-    case = {"rest": rest, "grpc": grpc_target, "token": token, "model": "digits",
-            "images": [base64.b64encode(png_bytes(image)).decode() for image in images[:8]],
-            "frames": images[8:12].tolist(), "bad": base64.b64encode(b"the digit seven").decode()}
-    (tmp_path / "case.json").write_text(json.dumps(case))
-    run = subprocess.run([str(kserve_python), str(ROOT / "tests" / "support" / "kserve_client.py"),
-                          str(tmp_path / "case.json")], capture_output=True, text=True, timeout=300)
+    case.update(model="digits", images=[base64.b64encode(png_bytes(image)).decode() for image in images[:8]],
+                frames=images[8:12].tolist(), bad=base64.b64encode(b"the digit seven").decode())
+    path = tmp_path / f"{script}.json"
+    path.write_text(json.dumps(case))
+    run = subprocess.run([str(python), str(ROOT / "tests" / "support" / script), str(path)], capture_output=True,
+                         text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout)
+
+
+def run_kserve_client(kserve_python, tmp_path, rest: str, grpc_target: str, token: str, test_split) -> dict:
+    return run_client(kserve_python, "kserve_client.py", tmp_path, test_split, rest=rest, grpc=grpc_target,
+                      token=token)
 
 
 def check_kserve_answers(transport: dict, request_id: str, expected: np.ndarray, labels, label_text) -> None:
@@ -244,3 +261,71 @@ def test_kserve_sdk_over_rest_and_grpc_through_the_gateway(gateway, server, kser
     assert error["code"] == 400 and "image 0: not an image" in error["error"]
     # Without the gateway's credential (here: a wrong one) the call is refused before it reaches TorchServe.
     assert grpc_["wrong_token"]["raised"] and grpc_["wrong_token"]["code"] == "UNAUTHENTICATED"
+
+
+def run_triton_client(triton_python, tmp_path, rest: str, token: str, test_split, grpc_target: str = "") -> dict:
+    return run_client(triton_python, "triton_client.py", tmp_path, test_split, url=rest.removeprefix("http://"),
+                      grpc=grpc_target, token=token)
+
+
+def check_triton_answers(result: dict, expected: np.ndarray, labels) -> None:
+    """What tritonclient made of the answers, with its defaults (binary tensor data both ways): TorchServe's own
+    API's probabilities (`expected`, the first 8 images), right labels; the same for pixels, JSON tensors where the
+    call asked for them; a bad image and too many images refused with the handler's message and status."""
+    assert result["live"] is True
+    images = result["images"]
+    assert images["id"] == "triton-1" and images["model_name"] == "digits"
+    probabilities, best = images["outputs"]["probabilities"], images["outputs"]["labels"]
+    assert probabilities["shape"] == [8, 10] and probabilities["datatype"] == "FP32" and probabilities["binary"]
+    assert np.allclose(np.asarray(probabilities["data"]).reshape(8, 10), expected, atol=2e-6)
+    assert best["binary"] and best["data"] == [str(index) for index in expected.argmax(axis=1)]
+    assert sum(a == str(b) for a, b in zip(best["data"], labels[:8])) >= 7, (best["data"], labels[:8])
+    one = result["one_image"]["outputs"]
+    assert one["probabilities"]["shape"] == [1, 10] and one["labels"]["data"] == best["data"][:1]
+    assert np.allclose(one["probabilities"]["data"], expected[0], atol=2e-6)
+    pixels = result["pixels_uint8"]["outputs"]
+    assert pixels["probabilities"]["shape"] == [4, 10] and pixels["labels"]["binary"]
+    assert sum(a == str(b) for a, b in zip(pixels["labels"]["data"], labels[8:12])) >= 3, pixels["labels"]["data"]
+    fp32 = result["pixels_fp32"]["outputs"]  # the first frame as FP32: the same answer as UINT8
+    assert fp32["labels"]["data"] == pixels["labels"]["data"][:1]
+    assert np.allclose(fp32["probabilities"]["data"], pixels["probabilities"]["data"][:10], atol=2e-6)
+    as_json = result["pixels_json"]["outputs"]  # JSON in, only "labels" asked for, as JSON
+    assert list(as_json) == ["labels"] and not as_json["labels"]["binary"]
+    assert as_json["labels"]["data"] == pixels["labels"]["data"]
+    images_json = result["images_json"]["outputs"]  # BYTES as JSON: base64 strings (binary outputs: its default)
+    assert np.allclose(np.asarray(images_json["probabilities"]["data"]).reshape(2, 10), expected[:2], atol=2e-6)
+    assert result["bad"] == {"raised": True, "status": "400",
+                             "message": "image 0: not an image: expected one of PNG, JPEG, BMP, GIF, WEBP"}
+    assert result["too_many"]["status"] == "413" and "the limit is 256" in result["too_many"]["message"]
+
+
+def test_tritonclient_with_its_defaults_straight_to_torchserve(server, triton_python, test_split, tmp_path):
+    """Binary tensor data in and out, read by the handler. TorchServe 0.12.0 has no model metadata over REST (its own
+    404, which is not the protocol's error shape, so tritonclient cannot even read the refusal): the gateway has."""
+    result = run_triton_client(triton_python, tmp_path, server.endpoints.inference, server.inference_token,
+                               test_split)
+    expected = np.stack([probabilities_of(answer) for answer in own_answers(server, test_split[0][:8])])
+    check_triton_answers(result, expected, test_split[1])
+    metadata = result["metadata"]
+    assert metadata["raised"] and metadata["status"] == "404"
+    assert "while decoding the response: 'error'" in metadata["message"]
+
+
+def test_tritonclient_through_the_gateway(gateway, server, triton_python, test_split, tmp_path):
+    """The same through the gateway (on the host, and in the container): and there the model's metadata and
+    configuration answer, and a request built from the metadata alone is answered. tritonclient's gRPC client reaches
+    the handler too (the gateway maps the protocol's service name), but it sends its tensors as raw_input_contents,
+    which TorchServe 0.12.0's frontend drops: the handler sees an input without data and says why, in band."""
+    result = run_triton_client(triton_python, tmp_path, gateway.rest, gateway.credential, test_split, gateway.grpc)
+    expected = np.stack([probabilities_of(answer) for answer in own_answers(server, test_split[0][:8])])
+    check_triton_answers(result, expected, test_split[1])
+    metadata = result["metadata"]
+    assert "raised" not in metadata, metadata
+    assert metadata["metadata"]["name"] == "digits" and metadata["config"]["max_batch_size"] == 0
+    built = metadata["from_metadata"]["outputs"]
+    assert built["labels"]["data"] == result["pixels_uint8"]["outputs"]["labels"]["data"]
+    over_grpc = result["grpc"]
+    assert list(over_grpc.get("outputs", {})) == ["error"], over_grpc
+    error = json.loads(over_grpc["outputs"]["error"][0])
+    assert error["code"] == 400 and "input holds 0 elements" in error["error"]
+    assert "drops raw_input_contents" in error["error"]

@@ -13,8 +13,13 @@ import train
 from handler import digit_handler
 from tests.support import ROOT
 
-# What TorchServe gives the worker for a REST request (its HTTP headers) and for a gRPC one (only input fields).
-REST_REQUEST = {"Host": "127.0.0.1:8080", "Authorization": "Bearer token", "body": {"content-type": "image/png"}}
+# What TorchServe gives the worker for a REST request (its HTTP headers, plus `url_path` and `explain`, which its
+# frontend adds for /predictions and /explanations), for a REST request to an Open Inference Protocol path
+# (/v2/models/<model>/infer: `explain` only) and for a gRPC one (only input fields).
+REST_REQUEST = {"Host": "127.0.0.1:8080", "Authorization": "Bearer token", "url_path": "", "explain": "False",
+                "body": {"content-type": "image/png"}}
+V2_REQUEST = {"Host": "127.0.0.1:8080", "Authorization": "Bearer token", "explain": "False",
+              "body": {"content-type": "application/json"}}
 GRPC_REQUEST = {"data": {"content-type": None}}
 
 
