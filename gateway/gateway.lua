@@ -114,6 +114,17 @@ local TRITON_CONFIG = '{"name": "%s", "platform": "pytorch_torchserve", "max_bat
   .. '"output": [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [-1, 10]}, '
   .. '{"name": "labels", "data_type": "TYPE_STRING", "dims": [-1]}]}\n'
 
+-- access_by_lua for GET /v2/models/<model>/ready: the client's credential, the model's name, TorchServe's key (for
+-- its /ping, which says whether every model has its minimum of live workers).
+function M.model_ready(model)
+  M.client()
+  if ngx.var.uri:match("^/v2/models/([^/]+)/ready$") ~= model then
+    return M.reject(404, "NotFound", "no such model here: " .. model .. " is served")
+  end
+  ngx.req.set_uri("/ping") -- proxy_pass in a regular-expression location cannot name a URI itself
+  return add_torchserve_key()
+end
+
 -- content_by_lua for GET /v2/models/<model> and /v2/models/<model>/config: TorchServe 0.12.0 answers neither over
 -- REST (only metadata, and only over gRPC, through the handler), so the gateway answers for the model it serves.
 function M.model_metadata(model)

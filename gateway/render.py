@@ -1,7 +1,10 @@
 """What the gateway writes before it starts anything: TorchServe's config.properties and nginx.conf."""
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import tempfile
 from pathlib import Path
 
 from serving.config import ROOT, Ports
@@ -23,11 +26,26 @@ def max_body_bytes(properties_text: str) -> int:
     return int(found.group(1)) if found else 6553500
 
 
+def nginx_temp_dir(state: Path) -> Path:
+    """Where nginx writes request bodies larger than its 1 MB memory buffer (a photo dropped on the page).
+
+    Started as root, nginx runs its workers as `nobody`, which cannot enter the state directory (root, 0700: it holds
+    the client credentials and TorchServe's keys), nor perhaps the directories above it: a body written there
+    failed with EACCES, a 500 for any image over 1 MB. So as root the temporary files live in a directory of their
+    own in the system's temp directory, named after the state directory (the supervisor makes it 0711 and removes
+    it on exit; nginx makes each subdirectory its workers' own, 0700). Started as any other user, the workers are
+    that user and the state directory holds them."""
+    if os.geteuid() != 0:
+        return state / "nginx"
+    return Path(tempfile.gettempdir()) / f"digits-nginx-{hashlib.sha256(str(state).encode()).hexdigest()[:12]}"
+
+
 def render_nginx(args, state: Path, body_bytes: int) -> str:
     torchserve = Ports.block(args.internal_port_base)
     values = {
         "NGINX_WORKERS": str(args.nginx_workers),
         "STATE_DIR": str(state),
+        "NGINX_TEMP": str(nginx_temp_dir(state)),
         "GATEWAY_DIR": str(GATEWAY_DIR),
         "ACCESS_LOG": "/dev/stdout requests" if args.access_log == "stdout" else "off",
         "MAX_BODY_BYTES": str(body_bytes),

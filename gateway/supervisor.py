@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.keys import Keys, admin, admin_answers
-from gateway.render import max_body_bytes, page_url, render_nginx, torchserve_properties, write_private
+from gateway.render import (max_body_bytes, nginx_temp_dir, page_url, render_nginx, torchserve_properties,
+                            write_private)
 from gateway.settings import build_parser, read_credentials
 from serving import launch
 from serving.config import Ports
@@ -124,6 +125,10 @@ def run(args) -> int:
     for sub in ("tmp", "logs", "nginx"):
         (state / sub).mkdir(parents=True, exist_ok=True)
     state.chmod(0o700)
+    temp = nginx_temp_dir(state)
+    if temp.parent != state:  # run as root: where nginx's workers (nobody) can reach it, removed on exit
+        temp.mkdir(exist_ok=True)
+        temp.chmod(0o711)
     if mounted_noexec(state):
         log.warning("%s is mounted noexec: TorchServe cannot load its native socket library from there and gives "
                     "its workers TCP ports on 127.0.0.1 instead of Unix sockets (docker run --tmpfs /tmp:exec)", state)
@@ -181,6 +186,9 @@ def run(args) -> int:
         stop_process(children.nginx, signal.SIGTERM, timeout=5.0)
         stop_torchserve(children, timeout=10.0)
         return EXIT_CHILD_DIED
+    finally:
+        if temp.parent != state:
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def try_publish(keys: Keys) -> bool:

@@ -107,6 +107,10 @@ def gateway(request, model_store, workdir_factory):
     status, alive = gateway.stop()
     assert status == 0, f"the gateway exited {status} on SIGTERM:\n{gateway.log_tail()}"
     assert not alive, f"processes left behind by the gateway: {alive}"
+    from gateway.render import nginx_temp_dir
+
+    temp = nginx_temp_dir(gateway.workdir / "state")
+    assert temp.parent == gateway.workdir / "state" or not temp.exists(), f"{temp} left behind"
 
 
 @pytest.fixture(scope="session")

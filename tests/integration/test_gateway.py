@@ -17,7 +17,7 @@ import requests
 
 from serving.rpc import client as grpc_client
 from tests.support import ROOT
-from tests.support.images import png_bytes
+from tests.support.images import photo_png, png_bytes
 from tests.support import bad_inputs
 from tests.support.grpc_calls import refusals
 
@@ -124,6 +124,33 @@ def test_methods_other_than_post_are_405(gateway, test_split, method):
 def test_a_body_over_the_limit_is_413_with_a_message(gateway):
     response = gateway.predict(b"\0" * 6_553_501)
     assert_gateway_error(response, 413, "request body over 6553500 bytes")
+
+
+def chunked(body: bytes, size: int = 65_536):
+    """The body as a generator: requests sends it with Transfer-Encoding: chunked, no Content-Length."""
+    return (body[start:start + size] for start in range(0, len(body), size))
+
+
+def test_a_large_photo_of_a_digit_is_answered_with_a_length_or_chunked(gateway, test_split):
+    """A 3.3 MB PNG (a photo dropped on the web page) is over nginx's 1 MB memory buffer, so the gateway writes it
+    to a file before passing it on: that file must be writable by nginx's workers wherever the gateway runs (on
+    the host as root they are `nobody`, and this was a 500)."""
+    image, label = test_split[0][7], test_split[1][7]
+    body = photo_png(image)
+    assert 3_000_000 < len(body) < 6_553_500
+    for data in (body, chunked(body)):
+        response = gateway.predict(data)
+        assert response.status_code == 200, response.text
+        assert response.json()["label"] == str(label)
+
+
+def test_a_chunked_body_over_the_limit_is_413_with_a_message(gateway):
+    """No Content-Length to refuse it by: nginx counts the chunks, and refuses at the limit, on every path."""
+    too_large = b"\0" * 6_553_501
+    assert_gateway_error(gateway.predict(chunked(too_large)), 413, "request body over 6553500 bytes")
+    response = requests.post(f"{gateway.rest}/v2/models/digits/infer", data=chunked(too_large),
+                             headers=gateway.auth(), timeout=TIMEOUT)
+    assert_v2_error(response, 413, "request body over 6553500 bytes")
 
 
 def test_more_than_the_rate_from_one_address_is_429_and_others_go_on(gateway, test_split):
@@ -311,13 +338,13 @@ def test_metrics_port_adds_the_gateways_own_metrics(gateway, test_split):
 
 
 # TorchServe 0.12.0's REST side of the protocol (ts_open_inference_protocol=true): server metadata, liveness and
-# readiness; model readiness only over gRPC (REST answers its own 404, routed all the same). Model metadata and
-# Triton's model configuration: the gateway's own answers (TorchServe has neither over REST).
+# readiness. Model metadata, Triton's model configuration and model readiness: the gateway's own answers
+# (TorchServe has them over gRPC only); readiness is TorchServe's /ping.
 V2_GET_ANSWERS = {"/v2/health/live": (200, {"live": True}), "/v2/health/ready": (200, {"ready": True}),
                   "/v2": (200, {"name": "Torchserve"}),
                   "/v2/models/digits": (200, {"name": "digits", "platform": "pytorch_torchserve"}),
                   "/v2/models/digits/config": (200, {"name": "digits", "max_batch_size": 0}),
-                  "/v2/models/digits/ready": (404, {"type": "ResourceNotFoundException"})}
+                  "/v2/models/digits/ready": (200, {"status": "Healthy"})}
 
 
 @pytest.mark.parametrize("path", sorted(V2_GET_ANSWERS))
@@ -349,7 +376,7 @@ def test_the_v2_model_metadata_is_what_the_handler_takes_and_answers(gateway, te
     shapes = {output["name"]: output["shape"] for output in answer["outputs"]}
     assert shapes == {"probabilities": [2, metadata["outputs"][0]["shape"][1]], "labels": [2]}
     assert answer["outputs"][1]["data"] == [str(label) for label in labels[:2]]
-    for path in ("/v2/models/other", "/v2/models/other/config"):
+    for path in ("/v2/models/other", "/v2/models/other/config", "/v2/models/other/ready"):
         assert_v2_error(requests.get(f"{gateway.rest}{path}", headers=gateway.auth(), timeout=TIMEOUT), 404,
                         "no such model here: digits is served")
 

@@ -300,25 +300,28 @@ def check_triton_answers(result: dict, expected: np.ndarray, labels) -> None:
 
 
 def test_tritonclient_with_its_defaults_straight_to_torchserve(server, triton_python, test_split, tmp_path):
-    """Binary tensor data in and out, read by the handler. TorchServe 0.12.0 has no model metadata over REST (its own
-    404, which is not the protocol's error shape, so tritonclient cannot even read the refusal): the gateway has."""
+    """Binary tensor data in and out, read by the handler. TorchServe 0.12.0 has no model metadata or readiness over
+    REST (its own 404, not in the protocol's error shape, so tritonclient cannot even read the refusal): the gateway
+    has."""
     result = run_triton_client(triton_python, tmp_path, server.endpoints.inference, server.inference_token,
                                test_split)
     expected = np.stack([probabilities_of(answer) for answer in own_answers(server, test_split[0][:8])])
     check_triton_answers(result, expected, test_split[1])
+    assert result["model_ready"] is False  # TorchServe's REST 404: tritonclient reads any non-200 as "not ready"
     metadata = result["metadata"]
     assert metadata["raised"] and metadata["status"] == "404"
     assert "while decoding the response: 'error'" in metadata["message"]
 
 
 def test_tritonclient_through_the_gateway(gateway, server, triton_python, test_split, tmp_path):
-    """The same through the gateway (on the host, and in the container): and there the model's metadata and
-    configuration answer, and a request built from the metadata alone is answered. tritonclient's gRPC client reaches
+    """The same through the gateway (on the host, and in the container): and there the model's metadata,
+    configuration and readiness answer, and a request built from the metadata alone is answered. tritonclient's gRPC client reaches
     the handler too (the gateway maps the protocol's service name), but it sends its tensors as raw_input_contents,
     which TorchServe 0.12.0's frontend drops: the handler sees an input without data and says why, in band."""
     result = run_triton_client(triton_python, tmp_path, gateway.rest, gateway.credential, test_split, gateway.grpc)
     expected = np.stack([probabilities_of(answer) for answer in own_answers(server, test_split[0][:8])])
     check_triton_answers(result, expected, test_split[1])
+    assert result["model_ready"] is True
     metadata = result["metadata"]
     assert "raised" not in metadata, metadata
     assert metadata["metadata"]["name"] == "digits" and metadata["config"]["max_batch_size"] == 0

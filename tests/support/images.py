@@ -16,6 +16,16 @@ def png_bytes(pixels: np.ndarray, mode: str | None = None) -> bytes:
     return buffer.getvalue()
 
 
+def photo_png(pixels: np.ndarray, side: int = 1500, noise: int = 8, seed: int = 0) -> bytes:
+    """A digit as a large photo would bring it: `pixels` scaled to side x side, in colour, with sensor-like noise
+    (0..`noise` on each channel, well under the ink threshold), so the PNG is large (about 3.3 MB at 1500: noise
+    does not compress) and still the same digit."""
+    big = np.asarray(Image.fromarray(pixels).resize((side, side), Image.Resampling.BILINEAR))
+    rgb = np.repeat(big[:, :, None], 3, axis=2).astype(np.int16)
+    rgb += np.random.default_rng(seed).integers(0, noise + 1, rgb.shape, dtype=np.int16)
+    return png_bytes(np.clip(rgb, 0, 255).astype(np.uint8))
+
+
 def npy_bytes(array: np.ndarray) -> bytes:
     """What numpy.save writes for `array` (no pickles): the body of a multi-image request."""
     buffer = io.BytesIO()

@@ -64,7 +64,8 @@ def cases(case: dict, images: list[bytes], frames: np.ndarray, bad: bytes) -> di
     model = case["model"]
     client = httpclient.InferenceServerClient(case["url"], connection_timeout=30, network_timeout=30)
     try:
-        result = {"live": client.is_server_live(headers=headers)}
+        result = {"live": client.is_server_live(headers=dict(headers)),
+                  "model_ready": client.is_model_ready(model, headers=dict(headers))}
         # A fresh headers dict for each call: tritonclient adds Inference-Header-Content-Length to the dict it is
         # given, and a dict kept across calls would carry one request's header length into the next.
         infer = lambda inputs, **kwargs: client.infer(model, inputs, headers=dict(headers), **kwargs)  # noqa: E731
