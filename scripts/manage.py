@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from serving.config import DEFAULT_CONFIG, DEFAULT_MODEL, KEY_FILE_NAME, Endpoints
-from serving.management import ManagementError, Unreachable, api_for, default_version, describe_text, wait_for_workers
+from serving.management import ManagementError, Unreachable, api_for, default_version, describe_text, scale_workers
 from serving.tokens import TOKEN_ERROR_TYPE
 
 MODEL_API_HINT = (
@@ -53,16 +53,11 @@ def run(api, args) -> int:
     if args.command == "scale":
         if not 0 <= args.min <= args.max:
             raise ManagementError(400, f"need 0 <= --min <= --max, got --min {args.min} --max {args.max}")
-        try:
-            print(api.scale(args.model, args.version, args.min, args.max, args.timeout))
-        except ManagementError as error:
-            # Scaling down under load, TorchServe 0.12.0's gRPC ScaleWorker has answered UNKNOWN with no message
-            # after doing the scaling. A server-side failure is judged by the workers describe shows, below.
-            if error.status < 500 or error.kind == TOKEN_ERROR_TYPE:
-                raise
-            print(f"manage.py: the server answered {error}; checking the workers", file=sys.stderr)
-        # The scale call only starts the change (see RestManagement.scale): describe shows when it is done.
-        settled, counts = wait_for_workers(api, args.model, args.version, args.min, args.max, args.timeout)
+        # scale_workers sends the call again when the server fails it (a TorchServe race scaling down under load)
+        # and returns once describe shows the change done: the call itself only starts it.
+        settled, counts, errors = scale_workers(api, args.model, args.version, args.min, args.max, args.timeout)
+        for error in errors:
+            print(f"manage.py: the server answered {error}; sent the scale call again", file=sys.stderr)
         for version, (ready, total) in counts.items():
             print(f"{args.model} {version}: {ready} of {total} workers READY")
         if not settled:

@@ -137,7 +137,8 @@ def test_scale_up_and_down_while_requests_keep_flowing(versions_server, test_spl
     (pytorch/serve#1101): most hang until the client's timeout, some get 500 "Worker died.", and one may be
     answered twice (STRAY: its client's next request reads the copy, and the echoed X-Request-Id shows it). So: no
     failure at all while scaling up or between scalings, and during a scale-down (from the call until the removed
-    worker has exited) at most one per concurrent client. Every other answer says it answers its own request and is
+    worker has exited) at most one per concurrent client (per scale call: one the server fails halfway is sent again,
+    see serving.management.scale_workers). Every other answer says it answers its own request and is
     the whole answer that image gets alone (20 digits share 10 labels: a label alone would not see two images
     swapped).
     Nor a stall: with synchronous=true TorchServe holds the Netty I/O thread of the scale call until the new
@@ -200,6 +201,7 @@ def test_scale_up_and_down_while_requests_keep_flowing(versions_server, test_spl
     for thread in threads:
         thread.start()
     windows, counts = [], []  # windows: (began, returned, ended, scaled down)
+    resent = 0  # scale calls manage.py sent again after the server failed one (serving.management.scale_workers)
     try:
         time.sleep(1)
         previous = 2
@@ -209,6 +211,7 @@ def test_scale_up_and_down_while_requests_keep_flowing(versions_server, test_spl
             result = manage(server, *transport, "scale", "--min", str(workers), "--max", str(workers))
             returned = time.monotonic()
             assert result.returncode == 0, result.stderr
+            resent += result.stderr.count("sent the scale call again")
             assert f"digits 1.0: {workers} of {workers} workers READY" in result.stdout
             entry = server.describe("digits")[0]
             counts.append((entry["minWorkers"], sum(worker["status"] == "READY" for worker in entry["workers"])))
@@ -238,7 +241,8 @@ def test_scale_up_and_down_while_requests_keep_flowing(versions_server, test_spl
     for started, outcome in failures:
         assert during_a_scale_down(started), f"{outcome} for a request started outside a scale-down: {failures}, {windows}"
         assert outcome in ("ReadTimeout", 500, 503, STRAY), failures
-    assert len(failures) <= clients, failures
+    # A scale-down failed halfway by the server and sent again removes its workers in two steps: each may cost as many.
+    assert len(failures) <= clients * (1 + resent), (failures, resent)
     # The stall detector, measured against the event: a held I/O thread makes its clients wait for the whole worker
     # start (the scale-up call), so no client may go without an answer for most of it. (Answers take ~10 ms here;
     # with a Docker build writing gigabytes beside it, one client once waited 58% of a 15 s start.)
