@@ -10,7 +10,6 @@
 local M = {}
 
 local state = ngx.shared.gateway
-local credentials = {}
 local credential_required = true -- false only on a loopback-only gateway (python -m gateway --no-client-credential)
 local HOLD_LIMIT = 3.0 -- seconds a request waits for a rotation before going on regardless
 local HOLD_STEP = 0.002
@@ -45,6 +44,40 @@ function M.reject(status, kind, message)
   return ngx.exit(status)
 end
 
+-- The client credentials live in the shared dictionary, one key "credential|Bearer <credential>" each (what a
+-- request's Authorization header is looked up as) and their list under "credentials", so that the gateway can
+-- replace them while serving (supervisor.CredentialWatch, PUT /admin/credentials) and every nginx worker sees it.
+-- Replacing adds the new ones before it removes the old: a credential in both sets is never missing.
+local function set_credentials(text)
+  local new, count = {}, 0
+  for line in text:gmatch("[^\n]+") do
+    local credential = line:match("^%s*(.-)%s*$")
+    if credential ~= "" then
+      if #credential < 16 or not credential:match("^[\33-\126]+$") then
+        return nil
+      end
+      new[credential] = true
+      count = count + 1
+    end
+  end
+  if count == 0 then
+    return nil
+  end
+  local list = {}
+  for credential in pairs(new) do
+    assert(state:set("credential|Bearer " .. credential, true))
+    list[#list + 1] = credential
+  end
+  for old in (state:get("credentials") or ""):gmatch("[^\n]+") do
+    if not new[old] then
+      state:delete("credential|Bearer " .. old)
+    end
+  end
+  assert(state:set("credentials", table.concat(list, "\n")))
+  state:set("credential_count", #list)
+  return #list
+end
+
 -- init_by_lua: the client credentials, one per line, from the file the gateway wrote (mode 0600). `required` false:
 -- the gateway was started with --no-client-credential, which it allows on a loopback address only, and wrote no file.
 function M.load_credentials(path, required)
@@ -53,14 +86,9 @@ function M.load_credentials(path, required)
     return
   end
   local file = assert(io.open(path, "r"))
-  for line in file:lines() do
-    local credential = line:match("^%s*(.-)%s*$")
-    if credential ~= "" then
-      credentials["Bearer " .. credential] = true
-    end
-  end
+  local text = file:read("*a")
   file:close()
-  assert(next(credentials) ~= nil, "no client credential in " .. path)
+  assert(set_credentials(text), "no valid client credential in " .. path)
 end
 
 -- Whether this request counts in "inflight" lives in a request variable ($gateway_counted), not ngx.ctx: nginx
@@ -87,7 +115,7 @@ end
 
 -- access_by_lua for what the gateway answers itself to clients (the v2 model metadata): the client's credential.
 function M.client()
-  if credential_required and not credentials[ngx.var.http_authorization or ""] then
+  if credential_required and not state:get("credential|" .. (ngx.var.http_authorization or "")) then
     return M.reject(401, "Unauthorized",
       "missing or wrong credential: send 'Authorization: Bearer <the gateway's client token>'")
   end
@@ -238,6 +266,11 @@ function M.metrics()
     { { "", state:get("key_expiry") or 0 } })
   metric("digits_gateway_key_rotations_total", "counter", "Rotations of TorchServe's keys.",
     { { "", state:get("rotations") or 0 } })
+  metric("digits_gateway_key_rotation_failures_total", "counter",
+    "Rotations of TorchServe's keys that failed (the gateway keeps the current keys and tries again).",
+    { { "", state:get("rotation_failures") or 0 } })
+  metric("digits_gateway_client_credentials", "gauge", "Client credentials the gateway accepts now.",
+    { { "", state:get("credential_count") or 0 } })
   metric("digits_gateway_stray_answers_total", "counter",
     "Answers TorchServe sent on a connection for another request (a worker scaled down), dropped.",
     { { "", state:get("stray_answers") or 0 } })
@@ -247,7 +280,8 @@ function M.metrics()
   ngx.print(table.concat(lines))
 end
 
--- content_by_lua on the admin socket (the gateway's own process only): PUT /key, /expiry, /hold, /draining, /ready; GET /inflight.
+-- content_by_lua on the admin socket (the gateway's own process only): PUT /key, /expiry, /hold, /draining, /ready,
+-- /credentials (the whole new set, one per line), /rotationfailed (count one); GET /inflight.
 function M.admin()
   local what = ngx.var.uri:match("^/admin/(%a+)$")
   if ngx.req.get_method() == "GET" and what == "inflight" then
@@ -260,10 +294,17 @@ function M.admin()
   ngx.req.read_body()
   local value = ngx.req.get_body_data() or ""
   if what == "key" and value:match("^[%w%-_=]+$") then
-    if state:get("inference_key") then
+    local current = state:get("inference_key")
+    if current and current ~= value then
       state:incr("rotations", 1, 0)
     end
     state:set("inference_key", value)
+  elseif what == "credentials" and credential_required then
+    if not set_credentials(value) then
+      return ngx.exit(400)
+    end
+  elseif what == "rotationfailed" then
+    state:incr("rotation_failures", 1, 0)
   elseif what == "expiry" and tonumber(value) then
     state:set("key_expiry", tonumber(value))
   elseif what == "hold" or what == "draining" or what == "ready" then

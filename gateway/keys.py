@@ -11,7 +11,7 @@ from pathlib import Path
 
 from serving.config import Endpoints
 from serving.rest import http_json
-from serving.tokens import key_expiry, read_new_key, read_token
+from serving.tokens import TokenFileError, key_expiry, read_new_key, read_token
 
 log = logging.getLogger("gateway")
 
@@ -48,17 +48,76 @@ def admin_answers(state: Path) -> bool:
         return False
 
 
+RETRY_FIRST, RETRY_MAX = 5.0, 60.0  # seconds before trying a failed rotation again, doubling each time
+ROTATION_ERRORS = (OSError, RuntimeError, TokenFileError, KeyError, ValueError)
+
+
 class Keys:
-    """TorchServe's keys as the gateway uses them, and their rotation at half their lifetime."""
+    """TorchServe's keys as the gateway uses them, and their rotation at half their lifetime.
+
+    A rotation that fails (TorchServe's management API unreachable or refusing, its key file unreadable) does not stop
+    the gateway: the current keys stay valid until they expire, so nginx goes on with the inference key TorchServe's
+    key file holds (resync), the failure is counted (digits_gateway_key_rotation_failures_total; the
+    DigitsKeyRotationRetrying alert) and logged, and the rotation is tried again after RETRY_FIRST seconds,
+    doubling to RETRY_MAX, and never later than a quarter of the time the keys have left."""
 
     def __init__(self, endpoints: Endpoints, state: Path):
         self.endpoints, self.state = endpoints, state
         self.next_rotation = 0.0
+        self.published: str | None = None  # the inference key nginx holds
+        self.failures = 0  # rotations failed in a row
 
     def publish(self) -> None:
         """Give nginx the current inference key and plan the next rotation."""
-        admin(self.state, "PUT", "key", read_token(self.endpoints.key_file, "inference"))
+        self._give_nginx(read_token(self.endpoints.key_file, "inference"))
         self.plan()
+
+    def _give_nginx(self, key: str) -> None:
+        admin(self.state, "PUT", "key", key)
+        self.published = key
+
+    def resync(self) -> None:
+        """nginx holds the inference key TorchServe's key file holds. They differ only when a key changed outside a
+        completed rotation (a rotation call that failed after TorchServe acted on it, or someone else's call to its
+        token API): then requests already fail with TorchServe's 401, and this ends it."""
+        try:
+            key = read_token(self.endpoints.key_file, "inference")
+        except TokenFileError:
+            return  # TorchServe is rewriting it (in place): the next look reads it whole
+        if key != self.published:
+            log.warning("TorchServe's inference key changed outside a rotation: nginx now uses the new one")
+            self._give_nginx(key)
+
+    def rotate_soon(self) -> None:
+        """Rotate at the next look (SIGUSR1: an operator's "rotate the keys now")."""
+        self.next_rotation = 0.0
+
+    def rotate_when_due(self) -> None:
+        if not self.due():
+            return
+        try:
+            self.rotate()
+            if self.failures:
+                log.info("rotation succeeded after %d failed tries", self.failures)
+            self.failures = 0
+        except ROTATION_ERRORS as error:
+            self.failures += 1
+            left = self.seconds_left()
+            delay = min(RETRY_FIRST * 2 ** (self.failures - 1), RETRY_MAX, max(left / 4, 1.0))
+            self.next_rotation = time.monotonic() + delay
+            log.error("rotating TorchServe's keys failed (%s): the current keys stay in use (they expire in %.0f s); "
+                      "trying again in %.0f s", error, left, delay)
+            try:
+                admin(self.state, "PUT", "rotationfailed", "1")
+                self.resync()
+            except OSError as admin_error:
+                log.error("nginx's admin socket: %s", admin_error)
+
+    def seconds_left(self) -> float:
+        try:
+            return min(key_expiry(self.endpoints.key_file, kind) for kind in ("inference", "management")) - time.time()
+        except (OSError, TokenFileError, KeyError, ValueError):
+            return 0.0
 
     def plan(self) -> None:
         now = time.time()
@@ -83,7 +142,7 @@ class Keys:
             while int(admin(self.state, "GET", "inflight")) > 0 and time.monotonic() - started < hold_limit:
                 time.sleep(0.002)
             self._rotate("inference", api_key)
-            admin(self.state, "PUT", "key", read_new_key(self.endpoints.key_file, "inference", old))
+            self._give_nginx(read_new_key(self.endpoints.key_file, "inference", old))
         finally:
             admin(self.state, "PUT", "hold", "0")
         log.info("rotated TorchServe's keys (requests held %.0f ms)", 1000 * (time.monotonic() - started))

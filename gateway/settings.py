@@ -91,6 +91,26 @@ def check_no_credential_mode(args) -> None:
                              f"{flag} 127.0.0.1, or give clients a credential (DIGITS_CLIENT_TOKEN)")
 
 
+def parse_credentials(text: str, source: str) -> list[str]:
+    """The credentials in a file's text, one per line (blank lines ignored). ValueError names what is wrong."""
+    credentials = [line.strip() for line in text.splitlines() if line.strip()]
+    if not credentials:
+        raise ValueError(f"{source} holds no credential")
+    for credential in credentials:
+        if len(credential) < MIN_CREDENTIAL_LENGTH or not CREDENTIAL_PATTERN.match(credential):
+            raise ValueError(f"a credential in {source} is shorter than {MIN_CREDENTIAL_LENGTH} characters or "
+                             "holds spaces or non-ASCII characters (make one with: openssl rand -hex 32)")
+    return credentials
+
+
+def credential_source(args) -> Path | None:
+    """The credential file the gateway reads (and watches: supervisor.CredentialWatch), or None when the credential
+    comes from DIGITS_CLIENT_TOKEN or there is none (--no-client-credential)."""
+    if args.no_client_credential or not args.credential_file.is_file():
+        return None
+    return args.credential_file
+
+
 def read_credentials(args) -> list[str]:
     """The client credentials: the file (a mounted secret) if it exists, else DIGITS_CLIENT_TOKEN. None with
     --no-client-credential (on loopback only)."""
@@ -98,19 +118,13 @@ def read_credentials(args) -> list[str]:
         check_no_credential_mode(args)
         return []
     if args.credential_file.is_file():
-        lines = args.credential_file.read_text().splitlines()
-        source = str(args.credential_file)
+        text, source = args.credential_file.read_text(), str(args.credential_file)
     elif os.environ.get("DIGITS_CLIENT_TOKEN"):
-        lines = [os.environ["DIGITS_CLIENT_TOKEN"]]
-        source = "DIGITS_CLIENT_TOKEN"
+        text, source = os.environ["DIGITS_CLIENT_TOKEN"], "DIGITS_CLIENT_TOKEN"
     else:
         raise SystemExit(f"gateway: no client credential: mount one at {args.credential_file} "
                          "(DIGITS_CLIENT_TOKEN_FILE) or set DIGITS_CLIENT_TOKEN")
-    credentials = [line.strip() for line in lines if line.strip()]
-    if not credentials:
-        raise SystemExit(f"gateway: {source} holds no credential")
-    for credential in credentials:
-        if len(credential) < MIN_CREDENTIAL_LENGTH or not CREDENTIAL_PATTERN.match(credential):
-            raise SystemExit(f"gateway: a credential in {source} is shorter than {MIN_CREDENTIAL_LENGTH} characters or "
-                             "holds spaces or non-ASCII characters (make one with: openssl rand -hex 32)")
-    return credentials
+    try:
+        return parse_credentials(text, source)
+    except ValueError as error:
+        raise SystemExit(f"gateway: {error}") from None

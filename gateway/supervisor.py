@@ -14,7 +14,7 @@ from pathlib import Path
 from gateway.keys import Keys, admin, admin_answers
 from gateway.render import (max_body_bytes, nginx_temp_dir, page_url, render_nginx, torchserve_properties,
                             write_private)
-from gateway.settings import build_parser, read_credentials
+from gateway.settings import build_parser, credential_source, parse_credentials, read_credentials
 from serving import launch
 from serving.config import Ports
 from serving.management import ManagementError, RestManagement, Unreachable
@@ -88,6 +88,52 @@ def scale(endpoints, model: str, workers: int) -> None:
     api.scale(model, None, workers, workers, timeout=5.0)
 
 
+class CredentialWatch:
+    """The client credential file, read again every `every` seconds while the gateway serves: a changed set goes to
+    nginx at once (PUT /admin/credentials, which adds the new credentials before it removes the old), so clients move
+    to a new credential with no restart: add it, move the clients, remove the old one. A Kubernetes Secret mounted as
+    a volume changes this way (the kubelet swaps the files in place; not when mounted with subPath). A changed file is
+    read twice, 50 ms apart, and taken only when both agree; one that is missing, empty or holds a bad credential is
+    refused, logged, and the current set stays."""
+
+    def __init__(self, path: Path | None, state: Path, current: list[str], every: float = 1.0):
+        self.path, self.state, self.every = path, state, every
+        self.current = set(current)
+        self.refused: str | None = None  # the text last refused, logged once
+        self.next_look = time.monotonic() + every
+
+    def look(self) -> None:
+        if self.path is None or time.monotonic() < self.next_look:
+            return
+        self.next_look = time.monotonic() + self.every
+        try:
+            text = self.path.read_text()
+            credentials = parse_credentials(text, str(self.path))
+            if set(credentials) != self.current:
+                time.sleep(0.05)  # a file being written in place (not replaced) may have been read half-written
+                if self.path.read_text() != text:
+                    return  # still changing: the next look reads it
+        except (OSError, ValueError) as error:
+            text = repr(error)
+            if text != self.refused:
+                log.error("client credentials not reloaded: %s; the current %d stay", error, len(self.current))
+            self.refused = text
+            return
+        self.refused = None
+        if set(credentials) == self.current:
+            return
+        try:
+            admin(self.state, "PUT", "credentials", "\n".join(credentials))
+        except (OSError, RuntimeError) as error:
+            log.error("client credentials not reloaded: nginx's admin socket: %s; trying again", error)
+            return
+        write_private(self.state / "credentials", "\n".join(credentials) + "\n")
+        added, removed = len(set(credentials) - self.current), len(self.current - set(credentials))
+        self.current = set(credentials)
+        log.info("client credentials reloaded from %s: %d now (%d added, %d removed)", self.path, len(self.current),
+                 added, removed)
+
+
 def stop_process(process: subprocess.Popen | None, sig: int, timeout: float) -> None:
     if process is None or process.poll() is not None:
         return
@@ -154,6 +200,8 @@ def run(args) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    rotate_requested = []
+    signal.signal(signal.SIGUSR1, lambda _number, _frame: rotate_requested.append(True))
     try:
         children.torchserve = start_torchserve(args, state)
         endpoints = children.torchserve.endpoints
@@ -170,10 +218,22 @@ def run(args) -> int:
         log.info("gateway ready: REST, health and the web page on %s:%d, gRPC on %s:%d, metrics on %s:%d",
                  args.address, args.port, args.address, args.grpc_port, args.metrics_address, args.metrics_port)
         log.info("the web page: %s", page_url(args.address, args.port))
+        watch = CredentialWatch(credential_source(args), state, credentials)
+        resync_at = time.monotonic()
         while True:
             check_children(children)
-            if keys.due():
-                keys.rotate()
+            if rotate_requested:
+                rotate_requested.clear()
+                log.info("SIGUSR1: rotating TorchServe's keys now")
+                keys.rotate_soon()
+            keys.rotate_when_due()
+            watch.look()
+            if time.monotonic() >= resync_at:
+                resync_at = time.monotonic() + 1.0
+                try:
+                    keys.resync()
+                except (OSError, RuntimeError) as error:
+                    log.error("nginx's admin socket: %s", error)
             time.sleep(0.2)
     except Stop:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -42,6 +42,8 @@ GATEWAY_METRICS: dict[str, frozenset[str]] = {
     "digits_gateway_ready": frozenset(),
     "digits_gateway_key_expiry_timestamp_seconds": frozenset(),
     "digits_gateway_key_rotations_total": frozenset(),
+    "digits_gateway_key_rotation_failures_total": frozenset(),
+    "digits_gateway_client_credentials": frozenset(),
     "digits_gateway_stray_answers_total": frozenset(),
 }
 PROMETHEUS_OWN = {"up": frozenset()}  # written by Prometheus for every target, not exported by the container
