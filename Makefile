@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3.11
 
-.PHONY: help venv kserve-client triton-client perf-analyzer train package package-latency package-v2 serve stop status predict demo web nginx wrk bench gpu-check docker image image-cpu docker-clean check test soak clean
+.PHONY: help venv kserve-client triton-client perf-analyzer train package package-latency package-v2 serve stop status predict demo web nginx wrk bench gpu-check docker image image-cpu docker-clean check test soak rolling clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -171,8 +171,11 @@ test:  ## everything (what CI runs): unit tests, then integration tests against 
 	$(PY) -m pytest
 
 SOAK_MINUTES ?= 10
-soak: $(VENV)/.installed nginx  ## faults under mixed load for SOAK_MINUTES (10): worker kills, credential moves, key rotations (root: iptables)
+soak: $(VENV)/.installed  ## faults under mixed load for SOAK_MINUTES (10): worker kills, credential moves, key rotations (root: iptables)
 	SOAK_MINUTES=$(SOAK_MINUTES) $(PY) -m pytest -s tests/integration/test_faults.py
+
+rolling: $(VENV)/.installed  ## two replicas behind nginx restarted one by one under load (3 balancer settings, v1 -> v2); prints the counts
+	ROLLING_FULL=1 $(PY) -m pytest -s tests/integration/test_rolling_restart.py
 
 clean:  ## remove trained artifacts, archives and logs (keeps .venv)
 	rm -rf artifacts model_store logs key_file.json

@@ -1,5 +1,5 @@
 """Faults under load (issue #26): mixed traffic through the host gateway (REST one image, REST 8 images, REST refused,
-gRPC, v2; tests/support/faults.py) while the test
+gRPC, v2; tests/support/mixed_load.py) while the test
   1. kills a TorchServe worker (SIGKILL),
   2. adds a client credential, moves the clients to it and removes the old one (the credential file, read again
      every second),
@@ -28,7 +28,7 @@ import requests
 
 from serving.management import RestManagement, worker_counts
 from serving.tokens import TokenFileError, read_token
-from tests.support.faults import KINDS, Credentials, Traffic
+from tests.support.mixed_load import KINDS, Credentials, Traffic, rest_answers
 from tests.support.gateways import HostGateway, new_credential
 from tests.support.images import png_bytes
 from tests.support.system import NGINX, ensure_packages, unavailable
@@ -213,14 +213,9 @@ class Cycle:
 def test_faults_under_mixed_load_lose_only_what_the_killed_worker_held(fault_gateway, test_split):
     gateway = fault_gateway
     images = test_split[0][:IMAGES]
-    labels = []
-    for image in images:  # each digit's answer alone, before any load
-        response = requests.post(f"{gateway.rest}/predictions/digits", data=png_bytes(image), timeout=30,
-                                 headers=gateway.auth())
-        assert response.status_code == 200, response.text
-        labels.append(str(response.json()["label"]))
+    answers = {"1.0": rest_answers(gateway, gateway.credential, images)}  # each digit's answer alone, before the load
     credentials = Credentials(gateway.credential)
-    traffic = Traffic(gateway, credentials, images, labels).start()
+    traffic = Traffic(gateway, credentials, images, answers).start()
     cycle = Cycle(gateway, traffic, credentials)
     started = time.monotonic()
     cycles = 0
