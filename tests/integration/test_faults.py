@@ -29,7 +29,7 @@ import requests
 from serving.management import RestManagement, worker_counts
 from serving.tokens import TokenFileError, read_token
 from tests.support.mixed_load import KINDS, Credentials, Traffic, rest_answers
-from tests.support.gateways import HostGateway, new_credential
+from tests.support.gateways import HostGateway, new_credential, scrape
 from tests.support.images import png_bytes
 from tests.support.system import NGINX, ensure_packages, unavailable
 
@@ -50,13 +50,6 @@ def describe(gateway: HostGateway) -> list[dict]:
         except (TokenFileError, OSError):  # the key file is being rewritten by a rotation
             time.sleep(0.1)
     raise AssertionError("TorchServe's management API did not answer")
-
-
-def scrape(gateway: HostGateway, name: str) -> float:
-    for line in requests.get(gateway.metrics, timeout=10).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not on the metrics port")
 
 
 def wait(condition, timeout: float, what: str, gateway: HostGateway) -> float:
@@ -158,7 +151,7 @@ class Cycle:
         old, new = self.credentials.current, new_credential()
         written = time.time()
         replace_file(self.gateway.credential_file, f"{old}\n{new}\n")
-        added = wait(lambda: scrape(self.gateway, "digits_gateway_client_credentials") == 2, 10,
+        added = wait(lambda: scrape(self.gateway)["digits_gateway_client_credentials"] == 2, 10,
                      "the gateway took the added credential", self.gateway)
         self.credentials.current = new
         time.sleep(1)  # the calls still carrying the old credential are answered
@@ -186,13 +179,13 @@ class Cycle:
         self.settle(done)
 
     def fail_a_rotation(self) -> None:
-        before, failed_before = self.rotations(), scrape(self.gateway, "digits_gateway_key_rotation_failures_total")
+        before, failed_before = self.rotations(), scrape(self.gateway)["digits_gateway_key_rotation_failures_total"]
         log_failures = self.gateway.log().count("rotating TorchServe's keys failed")
         with port_refused(self.gateway.ports["internal"] + 1):
             os.kill(self.gateway.process.pid, signal.SIGUSR1)
             failed = wait(lambda: self.gateway.log().count("rotating TorchServe's keys failed") > log_failures, 15,
                           "the gateway logged the failed rotation", self.gateway)
-            assert scrape(self.gateway, "digits_gateway_key_rotation_failures_total") > failed_before
+            assert scrape(self.gateway)["digits_gateway_key_rotation_failures_total"] > failed_before
             assert self.rotations() == before, "a rotation succeeded with the management port refusing"
             time.sleep(2)  # serving on the current keys meanwhile
             self.settle(failed)

@@ -19,6 +19,7 @@ from serving.rpc import client as grpc_client
 from tests.support import ROOT
 from tests.support.images import photo_png, png_bytes
 from tests.support import bad_inputs
+from tests.support.gateways import scrape
 from tests.support.grpc_calls import refusals
 
 pytestmark = pytest.mark.integration
@@ -295,16 +296,6 @@ def test_answers_are_json_with_the_right_content_type(gateway, test_split):
     response = gateway.predict(png_bytes(test_split[0][1]))
     assert response.headers["Content-Type"].startswith("application/json")
     assert json.loads(response.text)["label"] == str(test_split[1][1])
-
-
-def scrape(gateway) -> dict[str, float]:
-    """The metrics port's samples, {'name{labels}': value} (Prometheus text format)."""
-    samples = {}
-    for line in requests.get(gateway.metrics, timeout=TIMEOUT).text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
 
 
 def test_metrics_port_adds_the_gateways_own_metrics(gateway, test_split):

@@ -18,6 +18,7 @@ from serving.processes import pid_alive
 from serving import launch
 from tests.support import ROOT
 from tests.support.images import png_bytes
+from tests.support.mixed_load import same_answer
 
 pytestmark = pytest.mark.integration
 
@@ -102,16 +103,6 @@ def test_set_default_to_a_missing_version_is_refused(versions_server):
 # their answers: such a request is answered twice, and on a keep-alive connection the second copy arrives as the
 # answer to the client's next request. The handler echoes each request's X-Request-Id, so the copy is told apart.
 STRAY = "another request's answer"
-TOLERANCE = 2e-6  # probabilities are rounded to 6 decimals; a batched forward pass may differ in the last digit
-
-
-def same_answer(got: dict, expected: dict) -> bool:
-    """The same label and ranking, and the same probabilities to TOLERANCE: the answer for the same image."""
-    return (got["label"] == expected["label"]
-            and [entry["label"] for entry in got["topk"]] == [entry["label"] for entry in expected["topk"]]
-            and all(abs(a - b) <= TOLERANCE for a, b in zip(probabilities(got), probabilities(expected))))
-
-
 def gone_at(pids: set[int], timeout: float = 60) -> float:
     """When the last of these processes has exited (a scaled-down worker exits after the scale call returns)."""
     processes = []

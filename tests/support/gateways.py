@@ -25,7 +25,12 @@ class SourceAddressAdapter(requests.adapters.HTTPAdapter):
 
 
 def client_session(source: str) -> requests.Session:
+    """A session whose connections come from `source`. It does not read proxy settings from the environment:
+    requests would walk os.environ on every call, and a client thread that outlives one test (the container's
+    traffic) died there with KeyError 'PYTEST_CURRENT_TEST' when pytest removed that variable at the same moment
+    (CI, once). Every address here is loopback: no proxy applies."""
     session = requests.Session()
+    session.trust_env = False
     session.mount("http://", SourceAddressAdapter(source))
     return session
 
@@ -35,3 +40,13 @@ def gateway_args(tmp_path: Path, *argv: str):
     from gateway.settings import build_parser
 
     return build_parser().parse_args(["--state-dir", str(tmp_path / "state"), *argv])
+
+
+def scrape(gateway: Gateway) -> dict[str, float]:
+    """The metrics port's samples, {'name{labels}': value} (Prometheus text format)."""
+    samples = {}
+    for line in requests.get(gateway.metrics, timeout=30).text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
