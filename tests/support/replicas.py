@@ -126,11 +126,15 @@ class LoadBalancer(Gateway):
                            "A_REST_PORT": str(a.ports["rest"]), "B_REST_PORT": str(b.ports["rest"]),
                            "A_GRPC_PORT": str(a.ports["grpc"]), "B_GRPC_PORT": str(b.ports["grpc"])}
         balancer.ready = {replica.label: replica.is_ready() for replica in replicas}
-        config = balancer.render()
-        with open(balancer.state / "nginx.out", "wb") as output:
-            balancer.process = subprocess.Popen(["nginx", "-c", str(config), "-p", str(balancer.state), "-g",
-                                                 "daemon off;"], stdout=output, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL)
+        try:
+            config = balancer.render()
+            with open(balancer.state / "nginx.out", "wb") as output:
+                balancer.process = subprocess.Popen(["nginx", "-c", str(config), "-p", str(balancer.state), "-g",
+                                                     "daemon off;"], stdout=output, stderr=subprocess.STDOUT,
+                                                    stdin=subprocess.DEVNULL)
+        except BaseException:
+            balancer.stop()  # its state directory too
+            raise
         deadline = time.monotonic() + 20
         while True:
             try:
