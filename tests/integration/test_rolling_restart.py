@@ -71,6 +71,24 @@ def settle(traffic: Traffic, moment: float, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
+def roll_under_load(rollout, balancer: LoadBalancer, images, answers: dict, image: str):
+    """Steady mixed load through the balancer from clients that retry once: every kind answered, BASELINE seconds of
+    it (the latency the rollout's is compared with), the replicas rolled to `image` one at a time, every kind
+    answered again. Returns the traffic, each replica's outage, and when the rollout began and ended."""
+    traffic = Traffic(balancer, Credentials(rollout.credential), images, answers, retry=True).start()
+    try:
+        settle(traffic, time.time())
+        time.sleep(BASELINE)
+        began = time.time()
+        outages = rollout.roll(image)
+        ended = time.time()
+        settle(traffic, ended)
+        time.sleep(1)
+    finally:
+        traffic.finish()
+    return traffic, outages, began, ended
+
+
 def percentiles(calls) -> str:
     latencies = np.array([call.answered - call.sent for call in calls]) * 1000
     if len(latencies) == 0:
@@ -112,17 +130,8 @@ def test_a_rolling_restart_under_mixed_load(replicas, test_split, setting):
     try:
         images = test_split[0][:IMAGES]
         answers = {"1.0": rest_answers(balancer, rollout.credential, images)}
-        traffic = Traffic(balancer, Credentials(rollout.credential), images, answers, retry=True).start()
-        try:
-            settle(traffic, time.time())
-            time.sleep(BASELINE)  # steady load before the rollout: the latency it is compared with
-            began = time.time()
-            outages = rollout.roll(rollout.replicas[0].image)
-            ended = time.time()
-            settle(traffic, ended)
-            time.sleep(1)
-        finally:
-            traffic.finish()
+        traffic, outages, began, ended = roll_under_load(rollout, balancer, images, answers,
+                                                         rollout.replicas[0].image)
     finally:
         balancer.stop()
     report(f"rolling restart, balancer setting {setting!r}", traffic, outages, began, ended, balancer)
@@ -162,17 +171,7 @@ def test_a_new_version_rolled_out_under_load_answers_from_one_version_each(repli
     try:
         answers = {"1.0": rest_answers(balancer, rollout.credential, images), "2.0": answers_v2}
         assert answers["1.0"] != answers["2.0"]  # the versions' answers tell them apart
-        traffic = Traffic(balancer, Credentials(rollout.credential), images, answers, retry=True).start()
-        try:
-            settle(traffic, time.time())
-            time.sleep(BASELINE)  # steady load before the rollout: the latency it is compared with
-            began = time.time()
-            outages = rollout.roll(v2_image)
-            ended = time.time()
-            settle(traffic, ended)
-            time.sleep(1)
-        finally:
-            traffic.finish()
+        traffic, outages, began, ended = roll_under_load(rollout, balancer, images, answers, v2_image)
     finally:
         balancer.stop()
     report(f"rollout {v1_image} -> {v2_image}", traffic, outages, began, ended, balancer)
