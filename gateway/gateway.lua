@@ -177,12 +177,25 @@ function M.health(readiness)
   return add_torchserve_key()
 end
 
+-- The status and message a client reads when TorchServe lost its request: its worker stopped while holding it (a
+-- SIGKILL, the kernel's OOM killer, a crash), or could not take it. TorchServe 0.12.0 answers that itself, not the
+-- handler: REST 500 or 507 "Worker died." (507 when it has already read the worker's exit status 137, which it takes
+-- for out of memory, 500 before), gRPC INTERNAL or RESOURCE_EXHAUSTED. Those tell a client the server has a bug or
+-- the client went over a quota, and not to send it again. Neither is so: the same request sent again is answered by
+-- the other worker or the replacement TorchServe starts. The gateway answers 503 and UNAVAILABLE instead, what a
+-- client (and gRPC's retry policy) sends again, with TorchServe's message and status kept in the message.
+local LOST_STATUS = 503
+local LOST_GRPC_STATUS = "14" -- UNAVAILABLE
+local LOST_ADVICE = "TorchServe lost this request, the worker holding it stopped or could not take it; send it again"
+
 -- header_filter_by_lua (the REST server): drop an answer TorchServe wrote for another request. TorchServe 0.12.0,
 -- scaling a worker down, can answer a request twice on one keep-alive connection (docs/serving.md, "Scaling down
 -- under load"), and nginx would read the copy as the answer to the next request it sent on that connection, maybe
 -- another client's. The gateway sends each request's own id ($request_id) as X-Request-Id and the handler echoes
 -- it in X-Client-Request-Id: an answer echoing another id is dropped with its connection (whose next answer would
 -- be this request's), and this client sees its request fail instead of reading someone else's answer.
+-- On the inference paths ($gateway_inference), a 500 or 507 echoing no id is TorchServe's own (the handler echoes
+-- the id on every answer it writes, its own 500 included): the request was lost, and is answered 503 (above).
 function M.check_answer()
   local echoed = ngx.var.upstream_http_x_client_request_id
   if echoed and echoed ~= "" and echoed ~= ngx.var.request_id then
@@ -192,33 +205,70 @@ function M.check_answer()
       ", and its connection")
     return ngx.exit(ngx.ERROR)
   end
-  if ngx.var.gateway_v2 == "1" and ngx.status >= 400 and ngx.var.upstream_status then
-    ngx.header["Content-Length"] = nil -- gateway.v2_body may rewrite TorchServe's body
-    ngx.header["Content-Type"] = "application/json"
+  local status = ngx.status
+  if status < 400 or not ngx.var.upstream_status then
+    return
   end
+  if (status == 500 or status == 507) and not echoed and ngx.var.gateway_inference == "1" then
+    ngx.ctx.lost = status
+    ngx.status = LOST_STATUS
+  elseif ngx.var.gateway_v2 ~= "1" then
+    return
+  end
+  ngx.header["Content-Length"] = nil -- error_body rewrites TorchServe's body
+  ngx.header["Content-Type"] = "application/json"
 end
 
--- body_filter_by_lua on the Open Inference Protocol's inference paths: an error TorchServe's frontend wrote itself
--- (an unknown model or version, no worker; {"code", "type", "message"}) becomes the protocol's {"error": message}.
--- Every other body passes untouched: answers, and refusals already in the protocol's shape (the handler's, the
--- gateway's own).
-function M.v2_body()
+-- body_filter_by_lua on the inference paths: the body of an answer check_answer changed, and on the Open Inference
+-- Protocol's paths every error TorchServe's frontend wrote itself (an unknown model or version, no worker;
+-- {"code", "type", "message"}), in the protocol's shape ({"error": message}). Every other body passes untouched:
+-- answers, and refusals already in their path's shape (the handler's, the gateway's own).
+function M.error_body()
   if ngx.status < 400 then
     return
   end
-  local chunks = ngx.ctx.v2_chunks or {}
-  ngx.ctx.v2_chunks = chunks
+  local lost, v2 = ngx.ctx.lost, ngx.var.gateway_v2 == "1"
+  if not lost and not v2 then
+    return
+  end
+  local chunks = ngx.ctx.error_chunks or {}
+  ngx.ctx.error_chunks = chunks
   chunks[#chunks + 1] = ngx.arg[1]
   if not ngx.arg[2] then
     ngx.arg[1] = nil -- held back until the whole body is here (an error body is small)
     return
   end
   local body = table.concat(chunks)
-  if body:match('^%s*{%s*"code"') then
-    local message = body:match('"message"%s*:%s*"(.-)"%s*[,}]') or "TorchServe refused the request"
-    body = '{"error": "' .. message .. '"}\n' -- message is JSON-escaped already: it came from a JSON string
+  if not body:match('^%s*{%s*"code"') then
+    ngx.arg[1] = body -- already in the path's shape
+    return
+  end
+  -- message is JSON-escaped already: it came from a JSON string
+  local message = body:match('"message"%s*:%s*"(.-)"%s*[,}]') or "TorchServe refused the request"
+  if lost then
+    message = string.format("%s (TorchServe's %d): %s", message, lost, LOST_ADVICE)
+  end
+  if v2 then
+    body = '{"error": "' .. message .. '"}\n'
+  else
+    body = string.format('{"code": %d, "type": "ServiceUnavailable", "message": "%s"}\n', LOST_STATUS, message)
   end
   ngx.arg[1] = body
+end
+
+-- header_filter_by_lua (the gRPC server): TorchServe's "Worker died." (INTERNAL or RESOURCE_EXHAUSTED, above) is
+-- UNAVAILABLE. TorchServe sends it before any message, so as a trailers-only answer: grpc-status and grpc-message
+-- are headers here. grpc-message is percent-encoded; TorchServe's reads "Worker died.%0Aorg.pytorch...Exception".
+function M.check_grpc_answer()
+  local status = ngx.header["grpc-status"]
+  if (status == "13" or status == "8") and ngx.var.upstream_status then
+    local message = ngx.header["grpc-message"] or ""
+    if message:match("^Worker died%.") then
+      ngx.header["grpc-status"] = LOST_GRPC_STATUS
+      ngx.header["grpc-message"] = string.format("Worker died. (TorchServe's %s): %s",
+        status == "13" and "INTERNAL" or "RESOURCE_EXHAUSTED", LOST_ADVICE)
+    end
+  end
 end
 
 -- log_by_lua (every request of the REST and gRPC servers): the request is done (answered, failed or abandoned

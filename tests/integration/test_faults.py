@@ -10,23 +10,31 @@ Every answer is checked; the test prints what was sent and what failed, by kind 
 
 What must hold: no wrong answer; no request refused that carried a valid credential; no failure at all outside the
 worker kill (from the kill until TorchServe's replacement worker is READY), and inside it at most one per client (the
-requests the killed worker held: TorchServe answers them 500 "Worker died."). A failed rotation costs nothing: the
+requests the killed worker held: TorchServe answers them 500 or 507 "Worker died.", which the gateway turns into 503
+or gRPC UNAVAILABLE), each answered right when the client sends it once more. A failed rotation costs nothing: the
 current keys stay valid, the gateway counts it, logs it and tries again, and the next try rotates.
+
+A second test kills the workers while they hold one request of each protocol (stopped with SIGSTOP first, so that the
+request is certainly theirs) and checks the whole answer the client gets.
 
 `make soak` runs the same cycle again and again for SOAK_MINUTES (default 10) and prints the counts.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
+import threading
 import time
 
+import grpc
 import pytest
 import requests
 
 from serving.management import RestManagement, worker_counts
+from serving.rpc import client as grpc_client
 from serving.tokens import TokenFileError, read_token
 from tests.support.mixed_load import KINDS, Credentials, Traffic, rest_answers
 from tests.support.gateways import HostGateway, new_credential, scrape
@@ -112,6 +120,13 @@ def fault_gateway(model_store, workdir_factory):
         assert RULE_COMMENT not in rules, rules
 
 
+def replaced_workers(gateway: HostGateway, killed: set[int]) -> bool:
+    """The model has its two workers again, none of them a killed one."""
+    workers = describe(gateway)[0]["workers"]
+    pids = {int(worker["pid"]) for worker in workers}
+    return not pids & killed and worker_counts([{"modelVersion": "-", "workers": workers}])["-"] == (2, 2)
+
+
 class Cycle:
     """One round of the four faults, with the windows in which failures are allowed (the worker kill's)."""
 
@@ -131,18 +146,11 @@ class Cycle:
             raise AssertionError(f"{error}\ncalls: {self.traffic.counts()}\nlast failure of each kind: {last}") from None
 
     def kill_a_worker(self) -> None:
-        entry = describe(self.gateway)[0]
-        pid = int(entry["workers"][0]["pid"])
-        before = {int(worker["pid"]) for worker in entry["workers"]}
+        pid = int(describe(self.gateway)[0]["workers"][0]["pid"])
         killed = time.time()
         os.kill(pid, signal.SIGKILL)
-
-        def replaced() -> bool:
-            workers = describe(self.gateway)[0]["workers"]
-            pids = {int(worker["pid"]) for worker in workers}
-            return pid not in pids and worker_counts([{"modelVersion": "-", "workers": workers}])["-"] == (2, 2) \
-                and len(pids - before) == 1
-        back = wait(replaced, 120, "TorchServe replaced the killed worker", self.gateway)
+        back = wait(lambda: replaced_workers(self.gateway, {pid}), 120, "TorchServe replaced the killed worker",
+                    self.gateway)
         self.kill_windows.append((killed - 0.5, back))
         self.events.append(f"worker {pid} killed: replaced in {back - killed:.1f} s")
         self.settle(back)
@@ -208,7 +216,7 @@ def test_faults_under_mixed_load_lose_only_what_the_killed_worker_held(fault_gat
     images = test_split[0][:IMAGES]
     answers = {"1.0": rest_answers(gateway, gateway.credential, images)}  # each digit's answer alone, before the load
     credentials = Credentials(gateway.credential)
-    traffic = Traffic(gateway, credentials, images, answers).start()
+    traffic = Traffic(gateway, credentials, images, answers, retry=True).start()
     cycle = Cycle(gateway, traffic, credentials)
     started = time.monotonic()
     cycles = 0
@@ -241,6 +249,81 @@ def test_faults_under_mixed_load_lose_only_what_the_killed_worker_held(fault_gat
     outside = [call for call in failures if not in_a_kill_window(call)]
     assert not outside, (outside[:5], cycle.kill_windows)
     assert len(failures) <= len(KINDS) * cycles, failures
-    for call in failures:
-        assert "Worker died" in call.outcome or "INTERNAL" in call.outcome, call
+    for call in failures:  # what the killed worker held: a status a client sends again, and sent again, answered
+        assert call.outcome.startswith(("HTTP 503", "UNAVAILABLE")) and "Worker died." in call.outcome, call
+        assert call.retried == "ok", call
     assert all(counter["ok"] > 10 * cycles for counter in counts.values()), counts
+
+
+def kill_the_workers_holding(gateway: HostGateway, send) -> tuple:
+    """send() while every worker of the model is stopped (SIGSTOP), then SIGKILL them all: TorchServe hands a request
+    to an idle worker within maxBatchDelay (1 ms), so after a second the stopped workers hold it. Returns what send()
+    returned once TorchServe has answered, after both workers were replaced."""
+    pids = {int(worker["pid"]) for worker in describe(gateway)[0]["workers"]}
+    answer = []
+    thread = threading.Thread(target=lambda: answer.append(send()), daemon=True)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        thread.start()
+        time.sleep(1.0)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+    thread.join(60)
+    assert answer, "no answer within 60 s of the workers' death"
+    wait(lambda: replaced_workers(gateway, pids), 120, "TorchServe replaced both killed workers", gateway)
+    return answer[0]
+
+
+def test_a_request_whose_worker_died_is_503_or_unavailable_and_answered_when_sent_again(fault_gateway, test_split):
+    gateway = fault_gateway
+    image = test_split[0][0]
+    label = rest_answers(gateway, gateway.credential, [image])[0]["label"]
+    v2_body = json.dumps({"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, *image.shape],
+                                      "data": image.reshape(-1).tolist()}]}).encode()
+    max_request, max_response = grpc_client.message_limits({})
+
+    def post(path: str, body: bytes) -> tuple:
+        response = requests.post(f"{gateway.rest}{path}", data=body, headers=gateway.auth(), timeout=60)
+        return response.status_code, response.headers.get("Content-Type", ""), response.json()
+
+    with grpc_client.open_channel(gateway.grpc, max_request, max_response) as channel:
+        def grpc_predict() -> tuple:
+            try:
+                return "OK", grpc_client.predict(channel, gateway.credential, "digits", None, png_bytes(image), 60)
+            except grpc.RpcError as error:
+                return error.code().name, error.details()
+
+        sends = {
+            "rest": lambda: post("/predictions/digits", png_bytes(image)),
+            "v2": lambda: post("/v2/models/digits/infer", v2_body),
+            "grpc": grpc_predict,
+        }
+        lost = {}
+        for kind, send in sends.items():
+            for _ in range(3):  # a request sent after the kill is the replacements' and answered: kill again
+                lost[kind] = kill_the_workers_holding(gateway, send)
+                if lost[kind][0] not in (200, "OK"):
+                    break
+            again = send()  # the same request, sent once more: answered right
+            if kind == "rest":
+                assert again[0] == 200 and again[2]["label"] == label, again
+            elif kind == "v2":
+                outputs = {output["name"]: output["data"] for output in again[2]["outputs"]}
+                assert again[0] == 200 and str(outputs["labels"][0]) == str(label), again
+            else:
+                assert again[0] == "OK" and again[1]["label"] == label, again
+        metrics = scrape(gateway)
+
+    print(f"\nanswers to the requests the killed workers held: {lost}")
+    status, content_type, body = lost["rest"]
+    assert status == 503 and content_type.startswith("application/json"), lost["rest"]
+    assert set(body) == {"code", "type", "message"} and body["code"] == 503, body
+    assert "Worker died." in body["message"] and "send it again" in body["message"], body
+    status, content_type, body = lost["v2"]
+    assert status == 503 and content_type.startswith("application/json"), lost["v2"]
+    assert set(body) == {"error"} and "Worker died." in body["error"], body  # the protocol's shape
+    code, details = lost["grpc"]
+    assert code == "UNAVAILABLE" and details.startswith("Worker died.") and "send it again" in details, lost["grpc"]
+    assert metrics.get('digits_gateway_requests_total{protocol="rest",code="503"}', 0) >= 2, metrics
