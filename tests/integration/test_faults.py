@@ -22,7 +22,6 @@ request is certainly theirs) and checks the whole answer the client gets.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -36,7 +35,7 @@ import requests
 from serving.management import RestManagement, worker_counts
 from serving.rpc import client as grpc_client
 from serving.tokens import TokenFileError, read_token
-from tests.support.mixed_load import KINDS, Credentials, Traffic, rest_answers
+from tests.support.mixed_load import KINDS, Credentials, Traffic, rest_answers, v2_pixels_body
 from tests.support.gateways import HostGateway, new_credential, scrape
 from tests.support.images import png_bytes
 from tests.support.system import NGINX, ensure_packages, unavailable
@@ -120,11 +119,12 @@ def fault_gateway(model_store, workdir_factory):
         assert RULE_COMMENT not in rules, rules
 
 
-def replaced_workers(gateway: HostGateway, killed: set[int]) -> bool:
-    """The model has its two workers again, none of them a killed one."""
+def replaced_workers(gateway: HostGateway, before: set[int], killed: set[int]) -> bool:
+    """The model has its two workers again: the ones of `before` not killed, and one new worker for each killed."""
     workers = describe(gateway)[0]["workers"]
     pids = {int(worker["pid"]) for worker in workers}
-    return not pids & killed and worker_counts([{"modelVersion": "-", "workers": workers}])["-"] == (2, 2)
+    return not pids & killed and worker_counts([{"modelVersion": "-", "workers": workers}])["-"] == (2, 2) \
+        and len(pids - before) == len(killed)
 
 
 class Cycle:
@@ -146,10 +146,12 @@ class Cycle:
             raise AssertionError(f"{error}\ncalls: {self.traffic.counts()}\nlast failure of each kind: {last}") from None
 
     def kill_a_worker(self) -> None:
-        pid = int(describe(self.gateway)[0]["workers"][0]["pid"])
+        workers = describe(self.gateway)[0]["workers"]
+        pid = int(workers[0]["pid"])
+        before = {int(worker["pid"]) for worker in workers}
         killed = time.time()
         os.kill(pid, signal.SIGKILL)
-        back = wait(lambda: replaced_workers(self.gateway, {pid}), 120, "TorchServe replaced the killed worker",
+        back = wait(lambda: replaced_workers(self.gateway, before, {pid}), 120, "TorchServe replaced the killed worker",
                     self.gateway)
         self.kill_windows.append((killed - 0.5, back))
         self.events.append(f"worker {pid} killed: replaced in {back - killed:.1f} s")
@@ -272,7 +274,7 @@ def kill_the_workers_holding(gateway: HostGateway, send) -> tuple:
             os.kill(pid, signal.SIGKILL)
     thread.join(60)
     assert answer, "no answer within 60 s of the workers' death"
-    wait(lambda: replaced_workers(gateway, pids), 120, "TorchServe replaced both killed workers", gateway)
+    wait(lambda: replaced_workers(gateway, pids, pids), 120, "TorchServe replaced both killed workers", gateway)
     return answer[0]
 
 
@@ -280,8 +282,6 @@ def test_a_request_whose_worker_died_is_503_or_unavailable_and_answered_when_sen
     gateway = fault_gateway
     image = test_split[0][0]
     label = rest_answers(gateway, gateway.credential, [image])[0]["label"]
-    v2_body = json.dumps({"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, *image.shape],
-                                      "data": image.reshape(-1).tolist()}]}).encode()
     max_request, max_response = grpc_client.message_limits({})
 
     def post(path: str, body: bytes) -> tuple:
@@ -297,7 +297,7 @@ def test_a_request_whose_worker_died_is_503_or_unavailable_and_answered_when_sen
 
         sends = {
             "rest": lambda: post("/predictions/digits", png_bytes(image)),
-            "v2": lambda: post("/v2/models/digits/infer", v2_body),
+            "v2": lambda: post("/v2/models/digits/infer", v2_pixels_body(image)),
             "grpc": grpc_predict,
         }
         lost = {}

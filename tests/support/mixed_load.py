@@ -76,6 +76,12 @@ def rest_answers(gateway: Gateway, credential: str, images: np.ndarray) -> list[
     return answers
 
 
+def v2_pixels_body(image: np.ndarray) -> bytes:
+    """An Open Inference Protocol infer request for one digit, as a UINT8 pixel tensor (what the v2 clients send)."""
+    return json.dumps({"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, *image.shape],
+                                   "data": image.reshape(-1).tolist()}]}).encode()
+
+
 @dataclass
 class Traffic:
     gateway: Gateway
@@ -216,10 +222,8 @@ class Traffic:
         with client_session(source) as session:
             def send(index: int, credential: str):
                 number = index % len(self.images)
-                image = self.images[number]
-                body = json.dumps({"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, *image.shape],
-                                               "data": image.reshape(-1).tolist()}]}).encode()
-                response = self._post(session, "/v2/models/digits/infer", body, credential, "application/json")
+                response = self._post(session, "/v2/models/digits/infer", v2_pixels_body(self.images[number]),
+                                      credential, "application/json")
                 if response.status_code != 200:
                     return f"HTTP {response.status_code} {response.text[:200]}", None
                 answer = response.json()
