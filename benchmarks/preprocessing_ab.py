@@ -58,12 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from PIL import Image
 
-    import train
+    from data import load_mnist_sample_u8
     from handler.digit_handler import parse_request, preprocess
     from model import preprocessing as new
 
     torch.set_num_threads(1)  # as a worker runs
-    images = train.load_mnist_sample_u8()[0][-args.images:]
+    images = load_mnist_sample_u8()[0][-args.images:]
     pngs = []
     for image in images:
         buffer = io.BytesIO()

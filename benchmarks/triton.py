@@ -121,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     if not PERF_ANALYZER.exists():
         print(f"no {PERF_ANALYZER.relative_to(ROOT)}: run `make perf-analyzer` first", file=sys.stderr)
         return 2
-    import train
+    from data import default_test_split
 
-    images, _ = train.default_test_split()
+    images, _ = default_test_split()
     with tempfile.TemporaryDirectory(prefix="digits-triton-bench-") as directory:
         work = Path(directory)
         store = work / "store"

@@ -5,7 +5,7 @@
     scripts/gpu_check.sh --artifacts DIR   # train.py's output to package (default: artifacts/)
     scripts/gpu_check.sh --archive FILE    # the weights of a built .mar instead, with SAMPLES held-out digits
     scripts/gpu_check.sh --samples DIR     # labelled PNGs to send (NAME_label-N.png, as train.py writes them)
-    # inside the container image, which carries the archive and its training run's samples but not train.py:
+    # inside the container image, which carries the archive and its training run's samples but not data.py:
     scripts/gpu_check.sh --archive model_store/digits.mar --samples samples
 
 What it does, in about a minute on a GPU machine: packages the weights (training first if there are none) with
@@ -48,20 +48,20 @@ def cuda_devices() -> int:
 
 
 def artifacts_from_archive(archive: Path, out: Path, draw_samples: bool) -> Path:
-    """The archive's weights and labels, and if `draw_samples`, SAMPLES held-out digits drawn by train.py as labelled
-    PNGs (no training; train.py needs requirements.txt, which the image does not carry)."""
+    """The archive's weights and labels, and if `draw_samples`, SAMPLES digits of the default run's held-out test split
+    (data.py) as labelled PNGs (no training; data.py needs requirements.txt, which the image does not carry)."""
     from PIL import Image
 
     mar.extract(archive, out, [mar.weights_name(archive), "index_to_name.json"])
     if not draw_samples:
         return out
     try:
-        import train
+        from data import default_test_split
     except ImportError as error:
-        raise ValueError(f"drawing held-out digits needs train.py and its requirements ({error}): "
+        raise ValueError(f"drawing held-out digits needs data.py and its requirements ({error}): "
                          "pass --samples DIR") from None
     (out / "samples").mkdir()
-    images, labels = train.default_test_split()
+    images, labels = default_test_split()
     for index in range(SAMPLES):
         Image.fromarray(images[index]).save(out / "samples" / f"test{index:05d}_label-{labels[index]}.png")
     return out
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--archive", type=Path, default=None, help="the weights of a built .mar instead")
     parser.add_argument("--samples", type=Path, default=None,
                         help="labelled PNGs to send (default: the artifacts' samples/, or with --archive held-out "
-                             "digits drawn by train.py)")
+                             "digits of the default run's test split)")
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         print(f"gpu_check: unknown argument {unknown[0]}", file=sys.stderr)

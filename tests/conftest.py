@@ -43,9 +43,9 @@ def metrics(artifacts) -> dict:
 @pytest.fixture(scope="session")
 def test_split() -> tuple[np.ndarray, np.ndarray]:
     """The default run's held-out test split: real MNIST digits as 28x28 8-bit images (white on black), labels."""
-    import train
+    from data import default_test_split
 
-    return train.default_test_split()
+    return default_test_split()
 
 
 # ---------------------------------------------------------------- per-test time limits

@@ -12,17 +12,19 @@ import pytest
 
 from tests.support import ROOT
 
-TOOLING = {"serving", "scripts", "benchmarks", "gateway", "train", "tests"}
+TOOLING = {"serving", "scripts", "benchmarks", "gateway", "train", "data", "tests"}
 # What each top-level package may import of the repository's own packages (a folder answers one question).
 ALLOWED = {
     "model": {"model"},
     "handler": {"handler", "model"},
     "serving": {"serving"},
-    "scripts": {"scripts", "serving", "train"},
+    "scripts": {"scripts", "serving", "train", "data"},
     "gateway": {"gateway", "serving"},
-    "benchmarks": {"benchmarks", "serving", "handler", "model", "train"},
+    "benchmarks": {"benchmarks", "serving", "handler", "model", "train", "data"},
 }
-REPOSITORY_PACKAGES = {"model", "handler", "serving", "scripts", "gateway", "benchmarks", "train", "tests"}
+# The top-level modules: the training command (train.py) above the training data (data.py), both above model/.
+MODULES_ALLOWED = {"data": {"model"}, "train": {"data", "model"}}
+REPOSITORY_PACKAGES = {"model", "handler", "serving", "scripts", "gateway", "benchmarks", "train", "data", "tests"}
 PATH_REFERENCE = re.compile(
     r"(?<![\w/.-])((?:model|handler|serving|scripts|benchmarks|gateway|deploy|web|docs|tests)/[\w./-]*?"
     r"(?:\.(?:py|sh|md|yaml|yml|json|lua|txt|template|png|html|js|css|toml|ini)\b|/(?=[\s`'\")]|$)))")
@@ -50,6 +52,13 @@ def test_each_package_imports_only_what_sits_below_it(package):
     wrong = {str(path.relative_to(ROOT)): sorted(imported_packages(path) - ALLOWED[package])
              for path in tracked(f"{package}/*.py")}
     assert not {name: imports for name, imports in wrong.items() if imports}
+
+
+@pytest.mark.parametrize("module", sorted(MODULES_ALLOWED))
+def test_the_training_modules_import_only_what_sits_below_them(module):
+    """data.py is the training data, imported by train.py, the tests, the benchmarks and gpu_check: it needs model/
+    alone; train.py, the command, needs data.py and model/."""
+    assert imported_packages(ROOT / f"{module}.py") <= MODULES_ALLOWED[module]
 
 
 def test_what_goes_inside_the_archive_imports_no_tooling():

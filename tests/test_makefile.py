@@ -15,7 +15,8 @@ import pytest
 
 from tests.support import ROOT
 
-COPIED = ["Makefile", "requirements.txt", "requirements-serve.txt", "train.py", "model", "handler", "scripts/package.sh"]
+COPIED = ["Makefile", "requirements.txt", "requirements-serve.txt", "train.py", "data.py", "model", "handler",
+          "scripts/package.sh"]
 
 
 @pytest.fixture
@@ -100,7 +101,7 @@ def test_an_edited_handler_module_is_in_the_next_archive(scratch):
         assert mar.read("handler/wire.py").decode().endswith("# edited after the last package\n")
 
 
-@pytest.mark.parametrize("source", ["train.py", "model/digit_cnn.py", "model/preprocessing.py"])
+@pytest.mark.parametrize("source", ["train.py", "data.py", "model/digit_cnn.py", "model/preprocessing.py"])
 def test_what_training_reads_makes_the_weights_stale(scratch, source):
     assert not stale(scratch, "artifacts/digit_cnn.pt")
     touch_later(scratch / source)

@@ -1,4 +1,5 @@
 """train.py: outputs, accuracy of the default run, determinism, flags."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -8,7 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+import data
 import train
+from model import preprocessing
 from model.checkpoint import load_checkpoint
 from model.digit_cnn import DigitCNNConfig
 from tests.support import ROOT
@@ -38,31 +41,12 @@ def test_default_run_reaches_98_percent_on_held_out_real_mnist_digits(metrics, a
     assert record["preprocessing"]["resolution"] == 20 and record["dataset"] == "mnist-sample"
 
 
-def test_mnist_sample_is_5000_real_digits_split_without_overlap():
-    images, labels = train.load_mnist_sample_u8()
-    assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
-    assert np.bincount(labels).tolist() == [500] * 10
-    # MNIST's own geometry: white digit on black, the 20x20 box inside a 4-pixel margin (mostly).
-    assert images[:, :2].max() == 0 or (images[:, :2] > 0).mean() < 0.001
-    splits = train.builtin_splits("mnist-sample", (0.15, 0.15), seed=0)
-    assert [len(part[1]) for part in splits.values()] == [3500, 750, 750]
-    rows = {name: {row.tobytes() for row in part[0].reshape(len(part[0]), -1)} for name, part in splits.items()}
-    assert not (rows["train"] & rows["test"] or rows["validation"] & rows["test"] or rows["train"] & rows["validation"])
-    assert np.bincount(splits["test"][1]).tolist() == [75] * 10
-
-
-def test_mnist_sample_refuses_a_file_that_is_not_the_pinned_one(monkeypatch):
-    monkeypatch.setattr(train, "MNIST_SAMPLE_SHA256", "0" * 64)
-    with pytest.raises(SystemExit, match="not the pinned MNIST sample"):
-        train.load_mnist_sample_u8()
-
-
 def test_digits_dataset_still_trains_and_serves_at_resolution_10(tmp_path):
     metrics = train.main(["--dataset", "digits", "--epochs", "3", "--output-dir", str(tmp_path)])
     assert metrics["sizes"]["test"] == 270 and metrics["recipe"]["augment"] == "scans"
     assert metrics["test_accuracy"] > 0.8  # 3 epochs: learning, not the full recipe
     _, _, record = load_checkpoint(tmp_path / train.WEIGHTS_FILE)
-    assert record["preprocessing"]["resolution"] == train.DIGITS_RESOLUTION == 10
+    assert record["preprocessing"]["resolution"] == data.DIGITS_RESOLUTION == 10
 
 
 def test_extra_digits_join_the_training_split_only(tmp_path):
@@ -72,35 +56,29 @@ def test_extra_digits_join_the_training_split_only(tmp_path):
         train.main(["--dataset", "digits", "--extra-digits", "--dry-run", "--output-dir", str(tmp_path)])
 
 
-@pytest.mark.parametrize("name", sorted(train.AUGMENTATIONS))
-def test_augmentation_keeps_shape_and_range_and_follows_the_seed(name):
-    images = torch.from_numpy(train.load_mnist_sample_u8()[0][:32].astype(np.float32) / 255.0)
-    policy = train.dataclasses.replace(train.AUGMENTATIONS[name], elastic=1.5)
-    first = train.augment(images, torch.Generator().manual_seed(1), policy)
-    again = train.augment(images, torch.Generator().manual_seed(1), policy)
-    assert first.shape == images.shape and first.dtype == torch.float32
-    assert 0.0 <= float(first.min()) and float(first.max()) <= 1.0
-    assert torch.equal(first, again)
-    changed = (first - images).abs().flatten(1).mean(1)
-    assert bool((changed > 0.01).all())  # every image moved
-    assert float((first.flatten(1).sum(1) / images.flatten(1).sum(1)).min()) > 0.3  # the digit is still there
+def test_the_default_flags_are_datas_defaults():
+    """The default run's split is the one data.default_test_split hands the tests, the benchmarks and gpu_check."""
+    defaults = train.build_parser().parse_args([])
+    assert (defaults.dataset, defaults.seed) == (data.DEFAULT_DATASET, data.DEFAULT_SEED)
+    assert (defaults.val_fraction, defaults.test_fraction) == (data.DEFAULT_VAL_FRACTION, data.DEFAULT_TEST_FRACTION)
 
 
-def test_elastic_displacement_is_smooth_and_sized_as_asked():
-    field = train.elastic_displacement(64, 2.0, torch.Generator().manual_seed(0))
-    assert field.shape == (64, 28, 28, 2)
-    pixels = field * 14  # grid units -> pixels
-    assert abs(float(pixels.std()) - 2.0) < 0.05
-    neighbour_step = (pixels[:, 1:] - pixels[:, :-1]).abs().mean()
-    assert float(neighbour_step) < 0.25 * float(pixels.abs().mean())  # smooth: neighbours move together
+def test_the_resolution_defaults_by_dataset_and_stays_in_the_digit_box():
+    assert train.serving_resolution(None, "digits") == data.DIGITS_RESOLUTION
+    assert train.serving_resolution(None, "mnist-sample") == preprocessing.DIGIT_BOX
+    assert train.serving_resolution(14, "digits") == 14
+    for outside in (3, preprocessing.DIGIT_BOX + 1):
+        with pytest.raises(SystemExit, match="--resolution"):
+            train.serving_resolution(outside, "mnist-sample")
 
 
-def test_split_is_disjoint_and_stratified():
-    labels = np.repeat(np.arange(10), 50)
-    train_idx, val_idx, test_idx = train.stratified_split(labels, (0.2, 0.2), seed=3)
-    assert not (set(train_idx) & set(val_idx) or set(train_idx) & set(test_idx) or set(val_idx) & set(test_idx))
-    assert len(train_idx) + len(val_idx) + len(test_idx) == 500
-    assert np.bincount(labels[test_idx]).tolist() == [10] * 10
+def test_auto_augmentation_follows_the_dataset_and_elastic_adds_to_it():
+    assert train.augmentation_policy("auto", "digits", None) == ("scans", data.AUGMENTATIONS["scans"])
+    name, policy = train.augmentation_policy("auto", "mnist-sample", 1.5)
+    assert name == "handwriting" and policy == dataclasses.replace(data.AUGMENTATIONS["handwriting"], elastic=1.5)
+    assert train.augmentation_policy("none", "digits", None) == ("none", None)
+    with pytest.raises(SystemExit, match="--elastic"):
+        train.augmentation_policy("none", "digits", 1.0)
 
 
 def dry_run(out):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import data
 import train
 from handler import explanations
 from handler.digit_handler import load_model
@@ -52,12 +53,12 @@ def train_on_the_tests_split(out: Path, seed: int, threads: int) -> Path:
     """train.py's defaults, but this initial seed and thread count; the split stays seed 0's (the tests' split)."""
     if (out / train.WEIGHTS_FILE).exists():
         return out
-    original = train.builtin_splits
-    train.builtin_splits = lambda dataset, fractions, _seed: original(dataset, fractions, 0)
+    original = data.builtin_splits
+    data.builtin_splits = lambda dataset, fractions, _seed: original(dataset, fractions, 0)
     try:
         train.main(["--seed", str(seed), "--threads", str(threads), "--output-dir", str(out)])
     finally:
-        train.builtin_splits = original
+        data.builtin_splits = original
     return out
 
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(6)), help="initial seeds, 2 threads")
     parser.add_argument("--threads", type=int, nargs="+", default=[1], help="thread counts tried with seeds 0-2 too")
     args = parser.parse_args(argv)
-    images, labels = train.builtin_splits("mnist-sample", (0.15, 0.15), 0)["test"]
+    images, labels = data.builtin_splits("mnist-sample", (0.15, 0.15), 0)["test"]
     runs = [(seed, 2) for seed in args.seeds] + [(seed, threads) for threads in args.threads if threads != 2
                                                  for seed in range(3)]
     results = []
