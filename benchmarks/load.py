@@ -23,7 +23,8 @@ CONCURRENCY = (1, 16, 64)
 MULTI_CONCURRENCY = 4
 SOAK_REQUESTS = {"full": 500_000, "quick": 2_000}
 # The soak's memory reading "after warm-up" comes after this many of its requests: the frontend's JVM grows its heap
-# over the first ~50,000 requests after a start (G1's sizing), then stays (docs/performance.md, "round 3").
+# over the first ~50,000 requests after a start (G1's sizing), then stays (docs/performance.md, "Long runs and
+# failures").
 SOAK_SETTLE = {"full": 50_000, "quick": 500}
 SOAK_CONCURRENCY = 32
 KILLS = {"full": 5, "quick": 1}
