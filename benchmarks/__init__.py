@@ -35,14 +35,14 @@ one thread, keep-alive connections, on this same machine:
     TorchServe / peer beside every figure. TorchServe stays up, idle, while the peer runs.
 
 With --profile it also samples one worker with py-spy during the concurrency-64 run and reports where its time
-goes (the share of samples inside each function): docs/performance.md's "what limits it" comes from there.
+goes (the share of samples inside each function): docs/performance.md's "Where the time goes" comes from there.
 
 The parts: inputs.py (the digits sent), load.py (wrk: load settings, soak, overload, recovery), counters.py
 (TorchServe's own counters, the latency split, RSS), ceiling.py (the raw in-process ceiling, preprocessing cost),
 profile.py (py-spy), report.py (table and plot), peer/ (the FastAPI peer and its process); ab.py (this checkout's
 serving against an older commit's, round by round: `python -m benchmarks.ab --against HEAD~1`).
 
-It prints a table, issue #23's targets with this run's figures, and writes results.json and latency.png into
+It prints a table, the serving targets with this run's figures, and writes results.json and latency.png into
 --output-dir (default artifacts/bench/).
 Timing numbers from a 2-core machine are noisy: compare medians of several runs, not single numbers.
 """

@@ -103,7 +103,7 @@ def peer_run(peer: dict, ours: dict) -> dict | None:
                  and run["images_per_request"] == ours["images_per_request"]), None)
 
 
-# Issue #23's targets, as measured by one run: (label, value of this run or None, the bound, "max" or "min").
+# The serving targets, as measured by one run: (label, value of this run or None, the bound, "max" or "min").
 def targets(results: dict) -> list[tuple[str, float | None, float, str]]:
     runs, peer, raw, soaked = results["runs"], results.get("peer"), results.get("raw"), results.get("soak")
     single = {run["concurrency"]: run for run in runs if run["images_per_request"] == 1 and not run.get("model")}
@@ -138,7 +138,7 @@ def print_targets(results: dict) -> None:
     rows = [row for row in targets(results) if row[1] is not None]
     if not rows:
         return
-    print("\nissue #23's targets, this run:")
+    print("\nthe serving targets, this run:")
     for label, value, bound, kind in rows:
         met = value <= bound if kind == "max" else value >= bound
         print(f"  {label:<72} {value:6.2f}  ({'<=' if kind == 'max' else '>='} {bound:g}: "

@@ -1,6 +1,6 @@
 """python -m benchmarks --quick: every step runs against a real TorchServe under wrk, the soak's short version
 (2,000+ requests at concurrency 32, zero errors and zero wrong answers) and one kill -9 recovery included.
-No timing assertions beyond the bounds of issue #5 (recovery within 30 s)."""
+No timing assertions beyond the recovery bound (a killed worker replaced within 30 s)."""
 from __future__ import annotations
 
 import glob
@@ -63,7 +63,7 @@ def test_quick_benchmark_measures_every_setting(model_store, tmp_path):
     assert set(memory["after_warmup_mib"]) == set(memory["at_end_mib"]) and "frontend" in memory["at_end_mib"]
     assert sum(name.startswith("worker") for name in memory["at_end_mib"]) == 2
     assert sum(name.startswith("latency worker") for name in memory["at_end_mib"]) == 1
-    # Issue #23's targets, each with this run's figure and whether it is met (here no bound can be judged: a quick
+    # The serving targets, each with this run's figure and whether it is met (here no bound can be judged: a quick
     # run on a shared machine; the lines must be there, with numbers).
     for target in ("c=1 p50 / the peer's, batched model", "c=1 p50 / the peer's, digits-latency",
                    "c=64 req/s / the peer's", "c=64 p99 / p50", ".npy images/s / raw ceiling", "RSS change over"):

@@ -1,4 +1,4 @@
-"""Faults under load (issue #26): mixed traffic through the host gateway (REST one image, REST 8 images, REST refused,
+"""Faults under load: mixed traffic through the host gateway (REST one image, REST 8 images, REST refused,
 gRPC, v2; tests/support/mixed_load.py) while the test
   1. kills a TorchServe worker (SIGKILL),
   2. adds a client credential, moves the clients to it and removes the old one (the credential file, read again

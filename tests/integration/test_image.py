@@ -19,7 +19,7 @@ from tests.support.images import png_bytes
 
 pytestmark = pytest.mark.integration
 
-# The image's budget (issue #24 set 5.3 GB; it measured 4.99 GB on 2026-12-02, docs/container.md). Its size changes
+# The image's budget (it measured 4.99 GB on 2026-12-02, docs/container.md). Its size changes
 # only when what it carries does: a new dependency, a new torch. Room for a small one; a big one should be a decision.
 BUDGET_BYTES = 5.1e9
 READY_SECONDS = 10.0  # `docker run` -> /healthz/ready with the image present (measured: docs/container.md)

@@ -1,5 +1,5 @@
 """Two replicas of the image behind an nginx load balancer, restarted one after the other under steady mixed load from
-keep-alive clients (issue #26, item 3): tests/support/replicas.py, tests/support/mixed_load.py.
+keep-alive clients: tests/support/replicas.py, tests/support/mixed_load.py.
 
 The balancer (deploy/docker/load-balancer.conf.template) is kept in step with the replicas' readiness, as Kubernetes'
 endpoints controller keeps a Service: a replica told to stop turns not-ready and is taken out of rotation while it

@@ -1,4 +1,4 @@
-"""Secure defaults and failure recovery against a real TorchServe (issue #5)."""
+"""Secure defaults and failure recovery against a real TorchServe."""
 from __future__ import annotations
 
 import json

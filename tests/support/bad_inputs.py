@@ -1,4 +1,4 @@
-"""The bad-input matrix of issue #5, shared by the REST and gRPC tests: each body, and the words its 400 names.
+"""The bad-input matrix, shared by the REST and gRPC tests: each body, and the words its 400 names.
 
 The same bytes are sent over both transports; REST answers 400 with a JSON body, gRPC answers status OK with the
 same JSON body (TorchServe 0.12.0 drops per-request status codes on gRPC; see docs/grpc-and-oip.md "gRPC").
