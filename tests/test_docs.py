@@ -28,6 +28,11 @@ INLINE_CODE = re.compile(r"(`+)(.+?)\1", re.S)
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)|!\[[^\]]*\]\(([^)\s]+)\)")
 MAKE = re.compile(r"(?:^|[\s;&|(`])make\s+(?:-[-\w]+\s+)*([a-z][a-z0-9-]*)")
 PYTHON_M = re.compile(r"python[0-9.]*\s+-m\s+([A-Za-z_][\w.]*)")
+# A test file named by its path anywhere in a page (prose, tables, code), backticked or not; a glob is not a name.
+TEST_FILE_PATH = re.compile(r"(?<![\w/.-])(tests/(?:[\w-]+/)*test_\w+\.py)(?![\w/])")
+# A test file named by its bare name: checked on the pages that list test files (somewhere under tests/).
+TEST_FILE_NAME = re.compile(r"(?<![\w/.-])(test_\w+\.py)(?![\w/])")
+BARE_TEST_NAMES = {ROOT / "docs" / "testing.md"}
 
 
 def _ids(paths):
@@ -153,6 +158,23 @@ def test_every_repository_path_exists(doc):
     assert not missing, f"{doc.relative_to(ROOT)} names paths that do not exist: {missing}"
 
 
+def missing_test_files(text: str, bare_names: bool, root: Path = ROOT) -> list[str]:
+    """The test files `text` names that `root` lacks: every tests/.../test_*.py path, and with `bare_names` every
+    bare test_*.py name that no file under tests/ has."""
+    missing = {path for path in TEST_FILE_PATH.findall(text) if not (root / path).is_file()}
+    if bare_names:
+        present = {path.name for path in (root / "tests").rglob("test_*.py")}
+        missing |= {name for name in TEST_FILE_NAME.findall(text) if name not in present}
+    return sorted(missing)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=_ids(DOCS))
+def test_every_named_test_file_exists(doc):
+    """A test file renamed or removed must take every page that names it along, backticks or not."""
+    missing = missing_test_files(doc.read_text(), bare_names=doc in BARE_TEST_NAMES)
+    assert not missing, f"{doc.relative_to(ROOT)} names test files that do not exist: {missing}"
+
+
 # ---------------------------------------------------------------- the checks check
 
 def test_the_extractors_find_what_a_reader_would_type():
@@ -169,3 +191,19 @@ def test_the_extractors_find_what_a_reader_would_type():
     assert installed_module_exists("pytest") and installed_module_exists("venv")
     assert not installed_module_exists("no_such_module_here")
     assert repo_module_exists("tests.test_docs") is True and repo_module_exists("tests.no_such") is False
+
+
+def test_a_named_test_file_that_is_gone_is_reported(tmp_path):
+    (tmp_path / "tests" / "unit").mkdir(parents=True)
+    (tmp_path / "tests" / "unit" / "test_here.py").write_text("")
+    text = (
+        "| tests/unit/test_here.py | 3 |\n| tests/unit/test_gone.py | 1 |\n"
+        "Run `.venv/bin/python -m pytest tests/unit/test_here.py::test_one`; every tests/unit/test_*.py runs.\n"
+        "test_here.py is fast, test_gone.py was slow (see docs/test_notes.py.md).\n"
+        "```bash\n.venv/bin/python -m pytest tests/old/test_moved.py\n```\n"
+    )
+    assert missing_test_files(text, bare_names=False, root=tmp_path) == [
+        "tests/old/test_moved.py", "tests/unit/test_gone.py"]
+    assert missing_test_files(text, bare_names=True, root=tmp_path) == [
+        "test_gone.py", "tests/old/test_moved.py", "tests/unit/test_gone.py"]
+    assert missing_test_files("tests/test_docs.py and test_layout.py", bare_names=True) == []
