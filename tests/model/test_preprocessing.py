@@ -1,4 +1,6 @@
-"""The shared preprocessing: every accepted input kind, every refusal, and MNIST geometry."""
+"""The shared preprocessing (model/preprocessing.py): decoding every accepted image format, every refusal of an image
+with its kind, MNIST geometry, normalisation and the label map. What reads requests (.npy files, JSON pixel arrays)
+is handler/wire.py's: tests/handler/test_wire.py."""
 import subprocess
 import sys
 
@@ -8,9 +10,9 @@ import torch
 from PIL import Image
 
 from model import preprocessing
-from model.preprocessing import InputError
+from model.preprocessing import ImageError
 from tests.support import ROOT
-from tests.support.images import encode, npy_bytes, png_bytes, png_header_only, sklearn_scans_u8
+from tests.support.images import encode, png_bytes, png_header_only, sklearn_scans_u8
 
 
 def digit_seven(size: int = 28, ink: int = 255, background: int = 0) -> np.ndarray:
@@ -62,7 +64,8 @@ def test_mnist_style_input_is_nearly_unchanged():
 
 @pytest.mark.parametrize(
     "mode,fmt",
-    [("L", "PNG"), ("RGB", "PNG"), ("RGB", "JPEG"), ("CMYK", "JPEG"), ("L", "BMP"), ("P", "GIF"), ("RGB", "WEBP"), ("1", "PNG"), ("LA", "PNG")],
+    [("L", "PNG"), ("RGB", "PNG"), ("RGB", "JPEG"), ("CMYK", "JPEG"), ("L", "BMP"), ("P", "GIF"), ("RGB", "WEBP"),
+     ("1", "PNG"), ("LA", "PNG")],
 )
 def test_decodes_formats_and_modes(mode, fmt):
     image = Image.fromarray(digit_seven(64)).convert(mode)
@@ -130,55 +133,59 @@ def test_large_image_is_scaled_down():
 
 
 @pytest.mark.parametrize(
-    "data,message",
+    "data,message,kind",
     [
-        (b"", "empty"),
-        (b"hello, I am text", "not an image"),
-        (bytes(range(256)) * 4, "not an image"),
-        (png_bytes(digit_seven(28))[:60], "unreadable"),
-        (png_header_only(50_000, 50_000), "too large"),
-        (png_header_only(5000, 4000), "too large"),
-        (png_bytes(np.full((1, 1), 255, np.uint8)), "too small"),
-        (png_bytes(np.zeros((28, 28), np.uint8)), "blank"),
-        (png_bytes(np.full((28, 28), 200, np.uint8)), "blank"),
+        (b"", "not an image: expected one of", "not_an_image"),  # the request's "empty body" is handler/refusals.py's
+        (b"hello, I am text", "not an image", "not_an_image"),
+        (bytes(range(256)) * 4, "not an image", "not_an_image"),
+        (png_bytes(digit_seven(28))[:60], "unreadable image", "unreadable_image"),
+        (png_header_only(50_000, 50_000), "image too large: 2500000000 pixels", "image_too_large"),
+        (png_header_only(5000, 4000), "image too large: 5000x4000 pixels", "image_too_large"),
+        (png_bytes(np.full((1, 1), 255, np.uint8)), "image too small: 1x1", "image_too_small"),
+        (png_bytes(np.zeros((28, 28), np.uint8)), "blank image: no digit found", "blank_image"),
+        (png_bytes(np.full((28, 28), 200, np.uint8)), "blank image: no digit found", "blank_image"),
     ],
     ids=["empty", "text", "random", "truncated", "bomb", "over-limit", "1x1", "black", "flat-grey"],
 )
-def test_bad_images_raise_input_error(data, message):
-    with pytest.raises(InputError, match=message):
+def test_bad_images_raise_an_image_error_of_their_kind(data, message, kind):
+    with pytest.raises(ImageError) as raised:
         preprocessing.image_bytes_to_tensor(data)
+    assert raised.value.kind == kind and str(raised.value).startswith(message), str(raised.value)
 
 
 def test_tiff_is_not_an_accepted_format():
-    with pytest.raises(InputError, match="not an image"):
+    with pytest.raises(ImageError, match="not an image") as raised:
         preprocessing.decode_image(encode(Image.fromarray(digit_seven(28)), "TIFF"))
+    assert raised.value.kind == "not_an_image"
 
 
-def test_pixel_array_matches_the_same_image_as_png():
-    pixels = digit_seven(28)
-    torch.testing.assert_close(
-        preprocessing.pixels_to_tensor(pixels.tolist()), preprocessing.image_bytes_to_tensor(png_bytes(pixels))
-    )
+def test_an_image_error_needs_a_kind_of_the_fixed_set():
+    assert ImageError("words", "blank_image").kind == "blank_image" and issubclass(ImageError, ValueError)
+    with pytest.raises(ValueError, match="'empty_body' is not one of"):
+        ImageError("words", "empty_body")  # a request's reason, not an image's
+    with pytest.raises(TypeError):
+        ImageError("words without a kind")
 
 
-@pytest.mark.parametrize(
-    "pixels,message",
-    [
-        ([[0] * 28] * 27, "28x28"),
-        ([[0] * 27] * 28, "28x28"),
-        ([0] * 784, "28x28"),
-        ([[float("nan")] * 28] * 28, "NaN"),
-        ([[300] * 28] * 28, "0..255"),
-        ([[-1] * 28] * 28, "0..255"),
-        ([["a"] * 28] * 28, "numbers"),
-        ([[[0, 0]] * 28] * 28, "28x28"),
-        ("not an array", "28x28"),
-    ],
-    ids=["27-rows", "27-cols", "flat", "nan", "over-255", "negative", "strings", "3d", "string"],
-)
-def test_bad_pixel_arrays(pixels, message):
-    with pytest.raises(InputError, match=message):
-        preprocessing.pixels_to_tensor(pixels)
+def test_a_float_image_holding_nan_is_bad_pixels():
+    pixels = np.full((28, 28), np.nan, np.float32)
+    with pytest.raises(ImageError, match="NaN or infinite") as raised:
+        preprocessing.image_to_grey(Image.fromarray(pixels, "F"))
+    assert raised.value.kind == "bad_pixels"
+    tiff = encode(Image.fromarray(pixels, "F"), "TIFF")  # the one format that carries float pixels is refused first
+    with pytest.raises(ImageError) as raised:
+        preprocessing.decode_grey(tiff)
+    assert raised.value.kind == "not_an_image"
+
+
+def test_geometry_refuses_blank_and_odd_images_with_their_kinds():
+    _, (odd,) = preprocessing.to_mnist_geometry_batch([np.zeros((2, 2, 2))])
+    assert odd.kind == "unreadable_image" and str(odd) == "expected a 2-D grey image, got shape [2, 2, 2]"
+    _, (empty,) = preprocessing.to_mnist_geometry_batch([np.zeros((0, 5))])
+    assert empty.kind == "unreadable_image"
+    with pytest.raises(ImageError, match="blank image: no digit found") as raised:
+        preprocessing.to_mnist_geometry(np.zeros((28, 28), np.float32))
+    assert raised.value.kind == "blank_image"
 
 
 def test_normalize_uses_mnist_statistics():
@@ -199,62 +206,13 @@ def test_labels_from_mapping():
         preprocessing.labels_from_mapping({"0": "a", "2": "c"})
 
 
-def test_npy_frames_decode_in_every_number_type():
-    frames = np.random.default_rng(0).integers(0, 256, (5, 28, 28))
-    for dtype in (np.uint8, np.int16, np.int32, np.float32, np.float64, ">f4"):
-        decoded = preprocessing.decode_npy_frames(npy_bytes(frames.astype(dtype)))
-        assert decoded.shape == (5, 28, 28) and decoded.dtype == np.float32
-        assert np.allclose(decoded, frames / 255.0)
-    assert preprocessing.decode_npy_frames(npy_bytes(frames[0].astype(np.uint8))).shape == (1, 28, 28)
-    fortran = np.asfortranarray(frames.astype(np.uint8))
-    assert np.allclose(preprocessing.decode_npy_frames(npy_bytes(fortran)), frames / 255.0)
-
-
-def test_npy_header_promising_huge_data_is_refused_before_allocating():
-    header = npy_bytes(np.zeros((1, 28, 28), np.uint8))
-    bomb = header.replace(b"'shape': (1, 28, 28), ", b"'shape': (99999, 28, 28),")[:len(header)]  # same length
-    with pytest.raises(preprocessing.InputTooLarge, match="99999 images"):
-        preprocessing.decode_npy_frames(bomb)
-    small = header.replace(b"'shape': (1, 28, 28)", b"'shape': (9, 28, 28)")
-    with pytest.raises(InputError, match="promises"):
-        preprocessing.decode_npy_frames(small)
-
-
-@pytest.mark.parametrize("array, message", [
-    (np.zeros((2, 28, 28), dtype=object), "dtype"),
-    (np.zeros((2, 28, 28), dtype=np.complex64), "dtype"),
-    (np.full((1, 28, 28), np.nan, np.float32), "NaN"),
-    (np.full((1, 28, 28), 300, np.int16), "0..255"),
-    (np.full((1, 28, 28), -1, np.int16), "0..255"),
-    (np.zeros((0, 28, 28), np.uint8), "no images"),
-    (np.zeros((28, 28, 2), np.uint8), "N x 28 x 28"),
-])
-def test_bad_npy_frames(array, message):
-    data = npy_bytes(array) if array.dtype != object else _object_npy()
-    with pytest.raises(InputError, match=message):
-        preprocessing.decode_npy_frames(data)
-
-
-def _object_npy() -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    np.save(buffer, np.array([None, {"x": 1}], dtype=object), allow_pickle=True)
-    return buffer.getvalue()
-
-
-def test_truncated_and_garbage_npy_is_an_input_error():
-    data = npy_bytes(np.zeros((2, 28, 28), np.uint8))
-    for broken in (data[:8], data[:40], b"\x93NUMPY\x09\x00junk", data[:-1]):
-        with pytest.raises(InputError):
-            preprocessing.decode_npy_frames(broken)
-
-
-def test_frames_to_tensor_matches_one_by_one():
+def test_a_stack_of_frames_matches_one_by_one():
+    """An N x 28 x 28 array (a .npy's frames) through the batched geometry and normalize: each frame as alone."""
     images, _ = sklearn_scans_u8()
     frames = np.stack([preprocessing.to_mnist_geometry(image / 255.0) for image in images[:8]])
-    batch = preprocessing.frames_to_tensor(frames, 10)
-    assert batch.shape == (8, 1, 28, 28)
+    geometric, errors = preprocessing.to_mnist_geometry_batch(frames, 10)
+    batch = preprocessing.normalize(geometric)
+    assert batch.shape == (8, 1, 28, 28) and errors == [None] * 8
     for index in range(8):
         assert torch.equal(batch[index], preprocessing.normalize(preprocessing.to_mnist_geometry(frames[index], 10)))
 
@@ -314,7 +272,7 @@ def test_batched_geometry_matches_the_per_image_pillow_geometry(resolution, test
 
 @pytest.mark.parametrize("resolution", [20, 8])
 def test_a_lone_image_takes_the_per_image_path_and_gets_the_batched_frame_exactly(resolution, test_split):
-    """A batch of one on the CPU (a request alone in its batch; the peer's every request) takes _geometry_of_one,
+    """A batch of one on the CPU (a request alone in its batch; the peer's every request) takes _geometry_of_image,
     which must give exactly the frame and the refusal the batched code gives the same image beside another."""
     rng = np.random.default_rng(1)
     images = list(test_split[0][:200]) + list(sklearn_scans_u8()[0][:40])
@@ -324,14 +282,16 @@ def test_a_lone_image_takes_the_per_image_path_and_gets_the_batched_frame_exactl
                np.zeros((28, 28), np.uint8), np.full((9, 12), 200, np.uint8),  # blank: dark and light
                np.eye(28, dtype=np.uint8) * 255, np.pad(np.full((2, 2), 255, np.uint8), 13)]  # a line, a dot
     called = []
-    real = preprocessing._geometry_of_one
+    real = preprocessing._geometry_of_image
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(preprocessing, "_geometry_of_one", lambda *args: called.append(1) or real(*args))
+        patch.setattr(preprocessing, "_geometry_of_image", lambda *args: called.append(1) or real(*args))
         for image in images:
             alone, alone_errors = preprocessing.to_mnist_geometry_batch([image], resolution)
             beside, beside_errors = preprocessing.to_mnist_geometry_batch([image, image], resolution)
             assert torch.equal(alone[0], beside[0])
             assert [str(error) for error in alone_errors] == [str(error) for error in beside_errors[:1]]
+            assert [getattr(error, "kind", None) for error in alone_errors] == [
+                getattr(error, "kind", None) for error in beside_errors[:1]]
     assert len(called) == len(images)
     assert [str(error) for error in preprocessing.to_mnist_geometry_batch(images[-4:-2], resolution)[1]] == [
         "blank image: no digit found"] * 2
@@ -344,6 +304,8 @@ def test_batch_of_mixed_sizes_and_pixel_types_equals_one_by_one():
     frames, errors = preprocessing.to_mnist_geometry_batch(images, 10)
     assert [str(error) if error else None for error in errors] == [
         None, None, None, "blank image: no digit found", None, "expected a 2-D grey image, got shape [3, 3, 3]", None]
+    assert [error.kind if error else None for error in errors] == [None, None, None, "blank_image", None,
+                                                                  "unreadable_image", None]
     for index in (0, 1, 2, 4, 6):
         alone = preprocessing.to_mnist_geometry(np.asarray(images[index], dtype=np.float32) / (
             255.0 if np.asarray(images[index]).dtype == np.uint8 else 1.0), 10)
@@ -357,7 +319,7 @@ def test_geometry_runs_on_the_device_it_is_given():
     on_cpu, _ = preprocessing.to_mnist_geometry_batch(images, 10, "cpu")
     # The torch implementation, forced on the CPU (what a GPU worker runs, on its GPU)
     stacked = torch.from_numpy(np.stack([image.astype(np.float32) / 255.0 for image in images[:1]]))
-    frames, blank = preprocessing._geometry_of_one_size(stacked, 10)
+    frames, blank = preprocessing._geometry_of_group(stacked, 10)
     assert isinstance(frames, torch.Tensor) and not blank.any()
     torch.testing.assert_close(frames, on_cpu[:1], atol=1e-5, rtol=0)
     if torch.cuda.is_available():
