@@ -188,7 +188,7 @@ def load_folder(data_dir: Path, resolution: int) -> tuple[np.ndarray, np.ndarray
             try:
                 greys.append(preprocessing.decode_image(path.read_bytes()))
                 labels.append(index)
-            except preprocessing.InputError as error:
+            except preprocessing.ImageError as error:
                 log.warning("skipping %s: %s", path, error)
     frames, labels_kept = to_frames(greys, labels, resolution)
     return frames, labels_kept, classes

@@ -12,15 +12,16 @@ RAW_BATCH = 64  # batch size of the raw in-process ceiling
 def _raw_worker(weights: str, threads: int, seconds: float, batch: int, queue) -> None:
     import torch
 
-    from handler.digit_handler import load_model, optimize_for_cpu, predict
+    from handler.predictor import forward, optimize_for_cpu
+    from model.checkpoint import load_checkpoint
 
     torch.set_num_threads(threads)
-    model = optimize_for_cpu(load_model(weights, torch.device("cpu"))[0])
+    model = optimize_for_cpu(load_checkpoint(weights, torch.device("cpu"))[0])
     inputs = torch.randn(batch, 1, 28, 28)
-    predict(model, inputs)
+    forward(model, inputs)
     count, deadline = 0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
-        predict(model, inputs)
+        forward(model, inputs)
         count += batch
     queue.put(count / seconds)
 
@@ -40,24 +41,30 @@ def raw_throughput(weights: Path, processes: int, threads: int, seconds: float, 
 
 
 def preprocessing_cost(png: bytes, npy: bytes, resolution: int, repeat: int) -> dict:
-    """Median microseconds per image for the handler's input path (parse_request, then preprocess): PNG bytes alone
-    (a lone request), 16 PNG requests preprocessed together (a full TorchServe batch), and .npy frames."""
+    """Median microseconds per image for the worker's input path (handler/wire.py's read, then the predictor's
+    preprocess): PNG bytes alone (a lone request), 16 PNG requests preprocessed together (a full TorchServe batch),
+    and .npy frames."""
     import torch
 
-    from handler.digit_handler import parse_request, preprocess
+    from handler import wire
+    from handler.predictor import Limits, preprocess
+
+    def read(body: bytes):
+        return wire.read({"body": body}, limits).request
 
     torch.set_num_threads(1)
+    limits = Limits(num_classes=10, topk=3, max_images=256)
     timings: dict[str, list[float]] = {"png_us": [], "png_batch16_us": [], "npy_frame_us": []}
-    frames = len(parse_request({"body": npy}, 3, 10).images)
+    frames = len(read(npy).images)
     for _ in range(repeat):
         start = time.perf_counter()
-        preprocess([parse_request({"body": png}, 3, 10)], resolution)
+        preprocess([read(png)], resolution)
         timings["png_us"].append(time.perf_counter() - start)
         start = time.perf_counter()
-        preprocess([parse_request({"body": png}, 3, 10) for _ in range(16)], resolution)
+        preprocess([read(png) for _ in range(16)], resolution)
         timings["png_batch16_us"].append((time.perf_counter() - start) / 16)
         start = time.perf_counter()
-        preprocess([parse_request({"body": npy}, 3, 10)], resolution)
+        preprocess([read(npy)], resolution)
         timings["npy_frame_us"].append((time.perf_counter() - start) / frames)
     return {name: statistics.median(values) * 1e6 for name, values in timings.items()}
 

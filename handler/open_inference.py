@@ -12,7 +12,7 @@ One input tensor, either
     0-255, white digit on black as in MNIST, row-major (flat, as the protocol sends it, or nested).
 Answered with outputs "probabilities" (FP32 [N, classes]) and "labels" (BYTES [N]: the best label per image);
 an explanation (`/v2/models/<model>/explain`) adds "attributions" and "images" (FP32 [N, 28, 28]).
-Errors: `{"error": "<message>"}` with the HTTP status, the protocol's REST error shape.
+Errors: `{"error": "<message>"}` with the HTTP status, the protocol's REST error shape (handler/refusals.py).
 
 Over REST, Triton's binary tensor data extension too (what tritonclient sends by default): the body is the JSON
 header (its length in the request header Inference-Header-Content-Length), then the input's bytes (its
@@ -23,16 +23,15 @@ Inference-Header-Content-Length.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import struct
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from handler import refusals
+from handler.refusals import InputError, Reason
 from model import preprocessing
-from model.preprocessing import InputError, Reason
 
 IMAGES_DATATYPE = "BYTES"
 # Pixel tensors: the protocol's integer and float types (the gRPC frontend sends UINT8 as uint_contents, FP32 as
@@ -81,25 +80,6 @@ def parse_shape(shape: object) -> list[int]:
                                               for size in shape):
         raise InputError(f'"shape" must be a list of non-negative integers, got {shape!r}', Reason.BAD_REQUEST)
     return shape
-
-
-def flatten(data: object) -> list:
-    """The protocol's row-major data, flat or nested, as one flat list (nested lists are flattened in order)."""
-    if not isinstance(data, list):
-        raise InputError(f'"data" must be a list, got {type(data).__name__}', Reason.BAD_REQUEST)
-    if data and isinstance(data[0], list):
-        flat: list = []
-        stack = [iter(data)]
-        while stack:
-            for item in stack[-1]:
-                if isinstance(item, list):
-                    stack.append(iter(item))
-                    break
-                flat.append(item)
-            else:
-                stack.pop()
-        return flat
-    return data
 
 
 def parse_parameters(item: dict, where: str) -> dict:
@@ -187,29 +167,13 @@ def binary_input(tensor: dict, binary: bytes) -> bytes | None:
 
 
 def decode_images(data: list) -> list[bytes]:
-    encoded = []
-    for index, text in enumerate(data):
-        if not isinstance(text, str):
-            raise InputError(f"image {index}: BYTES elements must be base64 strings, got {type(text).__name__}",
-                             Reason.BAD_REQUEST)
-        try:
-            encoded.append(base64.b64decode(text, validate=True))
-        except (binascii.Error, ValueError):
-            raise InputError(f"image {index}: not valid base64", Reason.BAD_REQUEST) from None
-    return encoded
+    """BYTES elements as JSON: each a base64 image (a data: URL too)."""
+    return refusals.decode_each(data, lambda text: refusals.decode_base64(text, None))
 
 
 def read_frames(data: list, shape: list[int], count: int) -> np.ndarray:
     """Pixel values 0..255 as JSON numbers, N x 28 x 28 (white on black) -> float32 frames in [0, 1]."""
-    if any(isinstance(value, (bool, str)) or value is None for value in data):
-        raise InputError("pixel tensor data must be numbers 0-255", Reason.BAD_REQUEST)
-    try:
-        array = np.asarray(data, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError("pixel tensor data must be numbers 0-255", Reason.BAD_REQUEST) from None
-    if array.ndim != 1:
-        raise InputError("pixel tensor data must be numbers 0-255", Reason.BAD_REQUEST)
-    return frames_from_values(array, shape, count)
+    return frames_from_values(refusals.pixel_array(data), shape, count)
 
 
 def read_binary_frames(raw: bytes, datatype: str, shape: list[int], count: int) -> np.ndarray:
@@ -227,10 +191,7 @@ def frames_from_values(array: np.ndarray, shape: list[int], count: int) -> np.nd
     if array.size != count * size * size:
         raise InputError(f"input holds {array.size} values, its shape {shape} needs {count * size * size}"
                          f"{RAW_CONTENTS_HINT if not array.size else ''}", Reason.BAD_REQUEST)
-    if not np.isfinite(array).all():
-        raise InputError("pixel tensor holds NaN or infinite values", Reason.BAD_REQUEST)
-    if array.size and (array.min() < 0 or array.max() > 255):
-        raise InputError(f"pixel values must lie in 0..255, got {array.min():g}..{array.max():g}", Reason.BAD_PIXELS)
+    refusals.check_pixel_range(array)
     return (array.reshape(count, size, size) / 255.0).astype(np.float32)
 
 
@@ -271,25 +232,18 @@ def parse_infer_request(document: dict, max_images: int, explain: bool = False, 
         if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
             raise InputError(f"a BYTES input has shape [N] (one encoded image each), got {shape}", Reason.BAD_REQUEST)
         count = shape[0]
-        preprocessing.check_image_count(count, max_images)
-        elements = split_bytes_elements(raw) if raw is not None else flatten(tensor["data"])
+        refusals.check_image_count(count, max_images)
+        elements = split_bytes_elements(raw) if raw is not None else refusals.flatten(tensor["data"])
         if len(elements) != count:
             raise InputError(f"input holds {len(elements)} elements, its shape {shape} needs {count}"
                              f"{RAW_CONTENTS_HINT if not elements else ''}", Reason.BAD_REQUEST)
         return infer_request(encoded=elements if raw is not None else decode_images(elements))
     if datatype in PIXEL_DATATYPES:
-        if shape == [size, size]:
-            count = 1
-        elif len(shape) == 3 and shape[1:] == [size, size]:
-            count = shape[0]
-        elif len(shape) == 4 and shape[1:] == [1, size, size]:
-            count = shape[0]
-        else:
-            raise InputError(f"a pixel input has shape [N, {size}, {size}], got {shape}", Reason.BAD_REQUEST)
-        preprocessing.check_image_count(count, max_images)
+        count = refusals.frame_count(shape)
+        refusals.check_image_count(count, max_images)
         if raw is not None:
             return infer_request(frames=read_binary_frames(raw, datatype, shape, count))
-        return infer_request(frames=read_frames(flatten(tensor["data"]), shape, count))
+        return infer_request(frames=read_frames(refusals.flatten(tensor["data"]), shape, count))
     raise InputError(
         f"input datatype {datatype!r} is not accepted: BYTES (encoded images) or "
         f"{', '.join(PIXEL_DATATYPES)} (pixels 0-255)",
@@ -314,11 +268,16 @@ def format_infer_response(request: InferRequest, model_name: str, model_version:
         LABELS: output_tensor(LABELS, "BYTES", [count], labels),
     }
     if attributions is not None:
-        tensors[ATTRIBUTIONS] = output_tensor(ATTRIBUTIONS, "FP32", [count, size, size], flatten(attributions))
-        tensors[IMAGES] = output_tensor(IMAGES, "FP32", [count, size, size], flatten(images))
+        tensors[ATTRIBUTIONS] = output_tensor(ATTRIBUTIONS, "FP32", [count, size, size], frames_data(attributions))
+        tensors[IMAGES] = output_tensor(IMAGES, "FP32", [count, size, size], frames_data(images))
     names = request.outputs if request.outputs is not None else list(tensors)
     return {"id": request.id, "model_name": model_name, "model_version": model_version,
             "outputs": [tensors[name] for name in names]}
+
+
+def frames_data(frames: list[list[list[float]]]) -> list[float]:
+    """Frames as JSON rows -> the protocol's row-major data."""
+    return [value for frame in frames for row in frame for value in row]
 
 
 def tensor_bytes(datatype: str, data: list) -> bytes:
@@ -346,11 +305,6 @@ def encode_infer_response(request: InferRequest, answer: dict) -> tuple[str | by
         return json.dumps(answer), None
     header = json.dumps({**answer, "outputs": outputs}).encode()
     return header + b"".join(chunks), len(header)
-
-
-def format_error(message: str) -> dict:
-    """The protocol's REST error body."""
-    return {"error": message}
 
 
 def format_grpc_error(request_id: str, model_name: str, model_version: str, code: int, message: str) -> dict:

@@ -11,7 +11,6 @@ images per call (`to_mnist_geometry` for one).
 """
 from __future__ import annotations
 
-import enum
 import functools
 import io
 import re
@@ -45,56 +44,26 @@ FAST_PNG_CHUNKS = {b"IHDR": 13, b"IDAT": None, b"IEND": 0, b"pHYs": 9, b"gAMA": 
 FAST_PNG_COLOUR_TYPES = {0: 1, 2: 3}  # PNG colour type -> channels: grey, RGB
 
 
-MAX_IMAGES_PER_REQUEST = 256  # a multi-image request carries at most this many (more: HTTP 413)
-NPY_MAGIC = b"\x93NUMPY"
-# .npy dtypes a frame array may have: pixel values 0..255 as integers or floats; never objects (pickles).
-NPY_DTYPES = ("|u1", "<u2", ">u2", "<i2", ">i2", "<i4", ">i4", "<i8", ">i8", "<f4", ">f4", "<f8", ">f8")
+class ImageError(ValueError):
+    """Image bytes or pixels that make no usable digit image. The message says why; `kind`, one of KINDS, says it
+    in one word (a server's refusal reason: handler/refusals.py Reason has each kind as a value)."""
 
+    KINDS = ("not_an_image", "unreadable_image", "image_too_large", "image_too_small", "blank_image", "bad_pixels")
 
-class Reason(enum.StrEnum):
-    """Why a request was refused, one of a fixed few: the Reason label of the handler's digits_refusals_total metric
-    (alerts and the dashboard match on these values). Every InputError is raised with one, so rewording a message
-    never relabels the metric."""
-
-    EMPTY_BODY = "empty_body"  # nothing to read: an empty body, no form field, no images in a list
-    NOT_AN_IMAGE = "not_an_image"  # bytes of no allowed image format, or a text body that is not JSON either
-    UNREADABLE_IMAGE = "unreadable_image"  # an image format whose bytes do not decode (truncated, corrupt)
-    IMAGE_TOO_LARGE = "image_too_large"  # more than MAX_IMAGE_PIXELS
-    IMAGE_TOO_SMALL = "image_too_small"  # a side under MIN_IMAGE_SIDE
-    BLANK_IMAGE = "blank_image"  # decoded, but no digit in it
-    BAD_BASE64 = "bad_base64"  # JSON "data" that is not a base64 string
-    BAD_JSON = "bad_json"  # JSON that does not parse, or not in the shape this API takes
-    BAD_PIXELS = "bad_pixels"  # a pixel array or values out of shape or range
-    BAD_NPY = "bad_npy"  # a .npy file that is broken or not N x 28 x 28 numbers
-    BAD_TOPK = "bad_topk"
-    TOO_MANY_IMAGES = "too_many_images"  # over a limit on images per request (InputTooLarge, HTTP 413)
-    BAD_REQUEST = "bad_request"  # anything else: a stray form field, an Open Inference Protocol request's fields
-
-
-class InputError(ValueError):
-    """A request's input is not a usable digit image. The message says why, for the client; the reason says it for
-    the metrics."""
-
-    def __init__(self, message: str, reason: Reason):
+    def __init__(self, message: str, kind: str):
         super().__init__(message)
-        self.reason = Reason(reason)  # a value outside the fixed set fails here, where it is raised
+        if kind not in self.KINDS:
+            raise ValueError(f"ImageError kind {kind!r} is not one of {self.KINDS}")
+        self.kind = kind
 
-    def __reduce__(self):  # copy and pickle: the reason is not in args
-        return type(self), (str(self), self.reason)
-
-    def in_image(self, index: int) -> InputError:
-        """This refusal of one image of a multi-image request: the message names the image, the reason is kept."""
-        return InputError(f"image {index}: {self}", self.reason)
-
-
-class InputTooLarge(InputError):
-    """A request carries more than a limit allows (HTTP 413)."""
+    def __reduce__(self):  # copy and pickle: the kind is not in args
+        return type(self), (str(self), self.kind)
 
 
 def decode_image(data: bytes) -> np.ndarray:
     """Decode image bytes into a float32 grey array in [0, 1], any size, with the digit's ink kept.
 
-    Refuses (InputError) what is not an allowed image format, truncated files, and images over
+    Refuses (ImageError) what is not an allowed image format, truncated files, and images over
     MAX_IMAGE_PIXELS (checked from the header, before decoding pixels).
     """
     grey = decode_grey(data)
@@ -105,9 +74,6 @@ def decode_grey(data: bytes) -> np.ndarray:
     """decode_image's pixels as they come: uint8 0..255 from the fast PNG decoder (8-bit grey or RGB PNGs: what
     clients send most), else float32 in [0, 1] from Pillow. to_mnist_geometry_batch takes either, so the
     conversion to float runs once per batch. The same refusals as decode_image."""
-    if not data:
-        raise InputError("empty body: POST an image (PNG, JPEG, BMP, GIF, WEBP) or JSON as the request body",
-                         Reason.EMPTY_BODY)
     grey = decode_plain_png(data)
     return grey if grey is not None else decode_with_pillow(data)
 
@@ -223,29 +189,29 @@ def decode_with_pillow(data: bytes) -> np.ndarray:
         # PIL refuses from the header alone when it declares more pixels than PIL's own limit (89M)
         declared = re.search(r"\((\d+) pixels\)", str(error))
         size = f"{declared.group(1)} pixels" if declared else "over PIL's limit"
-        raise InputError(f"image too large: {size}, the limit is {MAX_IMAGE_PIXELS} pixels",
-                         Reason.IMAGE_TOO_LARGE) from None
+        raise ImageError(f"image too large: {size}, the limit is {MAX_IMAGE_PIXELS} pixels",
+                         "image_too_large") from None
     except Image.UnidentifiedImageError:
-        raise InputError(f"not an image: expected one of {', '.join(ALLOWED_FORMATS)}", Reason.NOT_AN_IMAGE) from None
+        raise ImageError(f"not an image: expected one of {', '.join(ALLOWED_FORMATS)}", "not_an_image") from None
     except (OSError, ValueError, SyntaxError, struct.error, EOFError, IndexError, TypeError) as error:
-        raise InputError(f"unreadable image: {error}", Reason.UNREADABLE_IMAGE) from None
+        raise ImageError(f"unreadable image: {error}", "unreadable_image") from None
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
-        raise InputError(f"image too large: {width}x{height} pixels, the limit is {MAX_IMAGE_PIXELS} pixels",
-                         Reason.IMAGE_TOO_LARGE)
+        raise ImageError(f"image too large: {width}x{height} pixels, the limit is {MAX_IMAGE_PIXELS} pixels",
+                         "image_too_large")
     if min(width, height) < MIN_IMAGE_SIDE:
-        raise InputError(f"image too small: {width}x{height} pixels, each side must be at least {MIN_IMAGE_SIDE}",
-                         Reason.IMAGE_TOO_SMALL)
+        raise ImageError(f"image too small: {width}x{height} pixels, each side must be at least {MIN_IMAGE_SIDE}",
+                         "image_too_small")
     try:
         image.seek(0)  # an animated GIF or WEBP: its first frame
         image.load()
         if "exif" in image.info:  # phone photos: honour the orientation tag (the check skips a costly no-op)
             image = ImageOps.exif_transpose(image)
         return image_to_grey(image)
-    except InputError:
+    except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, struct.error, EOFError, IndexError, TypeError, KeyError) as error:
-        raise InputError(f"unreadable image: {error}", Reason.UNREADABLE_IMAGE) from None
+        raise ImageError(f"unreadable image: {error}", "unreadable_image") from None
 
 
 def image_to_grey(image: Image.Image) -> np.ndarray:
@@ -257,7 +223,7 @@ def image_to_grey(image: Image.Image) -> np.ndarray:
     if image.mode == "F":
         pixels = np.asarray(image, dtype=np.float32)
         if not np.isfinite(pixels).all():
-            raise InputError("image holds NaN or infinite pixel values", Reason.BAD_PIXELS)
+            raise ImageError("image holds NaN or infinite pixel values", "bad_pixels")
         top = 255.0 if pixels.max() > 1.0 else 1.0
         return np.clip(pixels / top, 0.0, 1.0).astype(np.float32)
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
@@ -275,27 +241,8 @@ def image_to_grey(image: Image.Image) -> np.ndarray:
     return (grey * alpha + background * (1.0 - alpha)).astype(np.float32)
 
 
-def pixels_to_grey(pixels: object) -> np.ndarray:
-    """A JSON 28x28 array of pixel values (0..255, white digit on black as in MNIST) -> float32 in [0, 1]."""
-    try:
-        array = np.asarray(pixels, dtype=np.float64)
-    except (ValueError, TypeError):
-        raise InputError(
-            f"pixel array must be a {IMAGE_SIZE}x{IMAGE_SIZE} array of numbers (0-255)",
-            Reason.BAD_PIXELS,
-        ) from None
-    if array.shape != (IMAGE_SIZE, IMAGE_SIZE):
-        raise InputError(f"pixel array must be {IMAGE_SIZE}x{IMAGE_SIZE}, got shape {list(array.shape)}",
-                         Reason.BAD_PIXELS)
-    if not np.isfinite(array).all():
-        raise InputError("pixel array holds NaN or infinite values", Reason.BAD_PIXELS)
-    if array.min() < 0 or array.max() > 255:
-        raise InputError(f"pixel values must lie in 0..255, got {array.min():g}..{array.max():g}", Reason.BAD_PIXELS)
-    return (array / 255.0).astype(np.float32)
-
-
 def to_mnist_geometry(grey: np.ndarray, resolution: int = DIGIT_BOX) -> np.ndarray:
-    """One grey image -> its 28x28 float32 frame (to_mnist_geometry_batch of one); InputError if it is refused."""
+    """One grey image -> its 28x28 float32 frame (to_mnist_geometry_batch of one); ImageError if it is refused."""
     frames, errors = to_mnist_geometry_batch([np.asarray(grey)], resolution)
     if errors[0] is not None:
         raise errors[0]
@@ -303,9 +250,9 @@ def to_mnist_geometry(grey: np.ndarray, resolution: int = DIGIT_BOX) -> np.ndarr
 
 
 def to_mnist_geometry_batch(greys, resolution: int = DIGIT_BOX,
-                            device: torch.device | str | None = None) -> tuple[torch.Tensor, list[InputError | None]]:
+                            device: torch.device | str | None = None) -> tuple[torch.Tensor, list[ImageError | None]]:
     """Grey images, any sizes and polarity -> N x 28 x 28 float32 frames on `device`, white digit on black,
-    MNIST-centred; and per image None, or the InputError that refuses it (blank, not 2-D; its frame is zeros).
+    MNIST-centred; and per image None, or the ImageError that refuses it (blank, not 2-D; its frame is zeros).
 
     `greys`: a sequence of 2-D arrays or tensors, uint8 (0..255) or float (0..1), or one N x H x W array. Images
     of one size are processed together as one batch of tensor operations (the common case, all 28x28, is one
@@ -318,13 +265,13 @@ def to_mnist_geometry_batch(greys, resolution: int = DIGIT_BOX,
     device = torch.device(device if device is not None else "cpu")
     if len(greys) == 1 and device.type == "cpu" and isinstance(greys[0], np.ndarray) and greys[0].ndim == 2 \
             and min(greys[0].shape) >= 1:  # a lone image (a request alone in its batch): the per-image path
-        frame, blank = _geometry_of_one(_as_unit_float(greys[0], device), resolution)
+        frame, blank = _geometry_of_image(_as_unit_float(greys[0], device), resolution)
         return torch.from_numpy(frame[None]), [_blank_image() if blank else None]
-    errors: list[InputError | None] = [None] * len(greys)
+    errors: list[ImageError | None] = [None] * len(greys)
     frames = torch.zeros((len(greys), IMAGE_SIZE, IMAGE_SIZE), dtype=torch.float32, device=device)
     for indices, group in _same_size_groups(greys, errors):
-        # On the CPU the work runs in numpy (see _geometry_of_one_size), elsewhere in torch on the device.
-        group_frames, blank = _geometry_of_one_size(_as_unit_float(group, device), resolution)
+        # On the CPU the work runs in numpy (see _geometry_of_group), elsewhere in torch on the device.
+        group_frames, blank = _geometry_of_group(_as_unit_float(group, device), resolution)
         for position in np.flatnonzero(blank).tolist():
             errors[indices[position]] = _blank_image()
         group_frames = torch.as_tensor(group_frames, device=device)
@@ -334,8 +281,8 @@ def to_mnist_geometry_batch(greys, resolution: int = DIGIT_BOX,
     return frames, errors
 
 
-def _blank_image() -> InputError:
-    return InputError("blank image: no digit found", Reason.BLANK_IMAGE)
+def _blank_image() -> ImageError:
+    return ImageError("blank image: no digit found", "blank_image")
 
 
 def _as_unit_float(group, device: torch.device):
@@ -357,8 +304,8 @@ def _same_size_groups(greys, errors: list):
     groups: dict[tuple, list[int]] = {}
     for index, grey in enumerate(greys):
         if grey.ndim != 2 or min(grey.shape) < 1:
-            errors[index] = InputError(f"expected a 2-D grey image, got shape {list(grey.shape)}",
-                                       Reason.UNREADABLE_IMAGE)
+            errors[index] = ImageError(f"expected a 2-D grey image, got shape {list(grey.shape)}",
+                                       "unreadable_image")
             continue
         # (dtype == uint8, not str(dtype): numpy's dtype names cost ~7 us an image, a third of a .npy frame's time)
         is_uint8 = grey.dtype == (np.uint8 if isinstance(grey, np.ndarray) else torch.uint8)
@@ -419,8 +366,9 @@ def _ink_extent(present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return present.argmax(axis=1), np.where(present.any(axis=1), last, 0)
 
 
-def _geometry_of_one_size(grey, resolution: int) -> tuple[np.ndarray | torch.Tensor, np.ndarray]:
-    """N x H x W grey in [0, 1] -> N x 28 x 28 frames and which images are blank (see to_mnist_geometry_batch).
+def _geometry_of_group(grey, resolution: int) -> tuple[np.ndarray | torch.Tensor, np.ndarray]:
+    """A group of same-size images, N x H x W grey in [0, 1] -> N x 28 x 28 frames and which images are blank (see
+    to_mnist_geometry_batch).
 
     `grey` is a numpy array (the CPU: numpy's calls cost a fraction of torch's on small arrays, and this runs at
     batch 1 too) or a torch tensor on any device; the pixels are worked on where they lie, in a few batched
@@ -484,10 +432,10 @@ def _geometry_of_one_size(grey, resolution: int) -> tuple[np.ndarray | torch.Ten
     return frames, blank
 
 
-def _geometry_of_one(grey: np.ndarray, resolution: int) -> tuple[np.ndarray, bool]:
-    """One H x W grey image in [0, 1] (numpy) -> its 28 x 28 frame and whether it is blank: _geometry_of_one_size's
+def _geometry_of_image(grey: np.ndarray, resolution: int) -> tuple[np.ndarray, bool]:
+    """One H x W grey image in [0, 1] (numpy) -> its 28 x 28 frame and whether it is blank: _geometry_of_group's
     arithmetic for a batch of one, written for one image. The batched code's ~60 numpy calls on N x ... arrays cost
-    a 28x28 image ~270 us here; these ~35 on 2-D arrays ~115 us (docs/performance.md, round 3). Same steps, same
+    a 28x28 image ~270 us here; these ~35 on 2-D arrays ~115 us (docs/performance.md, "Preprocessing"). Same steps, same
     cached resize matrices (the same `length`), same float32 products; the centring places the box by slicing where
     the batched code multiplies by one-hot matrices (exact either way), so the frames are equal
     (tests/model/test_preprocessing.py checks this on real digits and odd images)."""
@@ -545,66 +493,6 @@ def image_bytes_to_tensor(data: bytes, resolution: int = DIGIT_BOX) -> torch.Ten
     resolution must be the one the model was trained with (recorded in its checkpoint).
     """
     return normalize(to_mnist_geometry(decode_grey(data), resolution))
-
-
-def pixels_to_tensor(pixels: object, resolution: int = DIGIT_BOX) -> torch.Tensor:
-    """JSON pixel array -> 1x28x28 network input."""
-    return normalize(to_mnist_geometry(pixels_to_grey(pixels), resolution))
-
-
-def check_image_count(count: int, limit: int = MAX_IMAGES_PER_REQUEST) -> None:
-    if count < 1:
-        raise InputError("no images in the request", Reason.EMPTY_BODY)
-    if count > limit:
-        raise InputTooLarge(f"{count} images in one request; the limit is {limit}", Reason.TOO_MANY_IMAGES)
-
-
-def decode_npy_frames(data: bytes, limit: int = MAX_IMAGES_PER_REQUEST) -> np.ndarray:
-    """A .npy file of N x 28 x 28 pixel values (0..255, white digit on black as in MNIST) -> float32 in [0, 1].
-
-    The header is checked before any pixel is read: shape, count, dtype (numbers only, never pickled objects)
-    and that the file holds exactly the bytes the header promises. np.load would allocate the array the
-    header declares first, so a 60-byte file could claim terabytes.
-    """
-    stream = io.BytesIO(data)
-    try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise ValueError(f"unsupported .npy version {version}")
-    except ValueError as error:
-        raise InputError(f"not a valid .npy file: {error}", Reason.BAD_NPY) from None
-    if dtype.str not in NPY_DTYPES:
-        raise InputError(f".npy dtype must be an integer or float type, got {dtype.str}", Reason.BAD_NPY)
-    if len(shape) == 2:
-        shape = (1, *shape)
-    if len(shape) != 3 or tuple(shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
-        raise InputError(f".npy array must have shape N x {IMAGE_SIZE} x {IMAGE_SIZE}, got {list(shape)}",
-                         Reason.BAD_NPY)
-    check_image_count(shape[0], limit)
-    payload = data[stream.tell():]
-    expected = shape[0] * IMAGE_SIZE * IMAGE_SIZE * dtype.itemsize
-    if len(payload) != expected:
-        raise InputError(f".npy holds {len(payload)} bytes of data, its header promises {expected}", Reason.BAD_NPY)
-    frames = np.frombuffer(payload, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
-    if dtype.kind == "f" and not np.isfinite(frames).all():
-        raise InputError(".npy frames hold NaN or infinite values", Reason.BAD_NPY)
-    low, high = frames.min(), frames.max()
-    if low < 0 or high > 255:
-        raise InputError(f"pixel values must lie in 0..255, got {low:g}..{high:g}", Reason.BAD_PIXELS)
-    return frames.astype(np.float32) / np.float32(255.0)
-
-
-def frames_to_tensor(frames: np.ndarray, resolution: int = DIGIT_BOX) -> torch.Tensor:
-    """N grey frames in [0, 1] -> N x 1 x 28 x 28 network input; an error names the first refused frame's index."""
-    geometric, errors = to_mnist_geometry_batch(frames, resolution)
-    for index, error in enumerate(errors):
-        if error is not None:
-            raise error.in_image(index)
-    return normalize(geometric)
 
 
 def labels_from_mapping(index_to_name: dict[str, str]) -> list[str]:

@@ -8,8 +8,9 @@
 #                                            #    requests (batching off, one worker; docs/serving.md)
 #
 # The archive carries the weights (state_dict + architecture) and their SHA-256 (weights.sha256), the
-# handler (and handler/wire.py, which reads the request formats), the model/ package (network + the one preprocessing module) so the handler imports it exactly
-# as train.py does, index_to_name.json, and handler/model-config.yaml (workers, batching, timeouts).
+# TorchServe handler and the handler/ package it adapts (the predictor, the request formats, the answers), the model/
+# package (network + the one preprocessing module) so the predictor imports it exactly as train.py does,
+# index_to_name.json, and handler/model-config.yaml (workers, batching, timeouts).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -89,8 +90,8 @@ if [ -n "$latency" ]; then
 fi
 mkdir -p "$stage/model" "$stage/handler"
 cp "$root"/model/*.py "$stage/model/"
-# The handler's own modules (handler/wire.py: request formats -> decoded images; the Open Inference Protocol;
-# explanations) as the package they are imported from; the handler file itself goes in as --handler.
+# The handler's package (handler/predictor.py, wire.py, answers.py, refusals.py, open_inference.py, explanations.py,
+# metrics.py) as the package they are imported from; the handler file itself goes in as --handler.
 find "$root/handler" -maxdepth 1 -name '*.py' ! -name digit_handler.py -exec cp {} "$stage/handler/" \;
 cp "$labels" "$stage/index_to_name.json"
 # The weights' SHA-256, recorded now and checked by the handler before torch.load: a swapped or corrupted

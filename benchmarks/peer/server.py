@@ -1,15 +1,16 @@
-"""The benchmark's peer: what a user might write instead of TorchServe. A plain FastAPI + uvicorn server.
+"""The benchmark's peer: what a user might write instead of TorchServe. A plain FastAPI + uvicorn server over the
+bundle's predictor, batch 1.
 
     python -m benchmarks.peer --archive model_store/digits.mar --port 8090 --token-file peer_token.txt
 
-Same model and same preprocessing as the bundle: it unpacks the .mar, checks the weights' SHA-256, loads them and
-optimizes them for CPU exactly as the handler does (handler/digit_handler.py's functions), and reads each request
-with the handler's parse_request and preprocess, so it accepts and refuses the same inputs and answers the same
-JSON. What it does not have is what TorchServe adds: no dynamic batching (batch 1), no worker supervision, no
-management API, no metrics. `--workers` uvicorn processes (default 2, one per core here), each with one torch thread; every request
-needs `Authorization: Bearer <the token in --token-file>`.
+The same code as a TorchServe worker, one request at a time: it unpacks the .mar, sets up handler/predictor.py's
+Predictor from it (the weights' SHA-256 checked, the network optimised for the CPU, the archive's handler settings),
+reads each request with handler/wire.py's reader and answers it with handler/answers.py, so it accepts and refuses
+the same inputs and answers the same bytes. What it does not have is what TorchServe adds: no dynamic batching
+(batch 1), no worker supervision, no management API, no metrics. `--workers` uvicorn processes (default 2, one per
+core here), each with one torch thread; every request needs `Authorization: Bearer <the token in --token-file>`.
 
-POST /predictions/<model> answers like TorchServe's handler (200, or 400/413 with {"code", "type", "message"});
+POST /predictions/<model> answers as TorchServe's handler does (200, or 400/413 with {"code", "type", "message"});
 401 without the token; GET /ping answers {"status": "Healthy"}. The benchmark (python -m benchmarks) starts it
 and measures it with the same wrk settings as TorchServe, so every figure has a ratio beside it.
 """
@@ -36,54 +37,45 @@ ENV_THREADS = "DIGITS_PEER_TORCH_THREADS"
 
 def create_app():
     """The FastAPI application, configured from the environment (uvicorn's workers import it by name)."""
+    import dataclasses
+
     import torch
+    import yaml
 
-    from handler.digit_handler import (DEFAULT_TOPK, DIGEST_FILE, InputError, InputTooLarge, format_error,
-                                       format_ranked, load_labels, load_model, optimize_for_cpu, parse_request,
-                                       predict, preprocess, verify_weights)
-    from model.checkpoint import training_resolution
+    from handler import answers, metrics, wire
+    from handler.predictor import Predictor, Settings
 
-    torch.set_num_threads(int(os.environ.get(ENV_THREADS, "1")))
     model_dir = Path(os.environ[ENV_MODEL_DIR])
-    manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
-    weights = model_dir / manifest["model"]["serializedFile"]
-    verify_weights(str(weights), str(model_dir / DIGEST_FILE))
-    model, checkpoint = load_model(str(weights), torch.device("cpu"))
-    model = optimize_for_cpu(model)
-    labels = load_labels(str(model_dir), checkpoint["arch"]["num_classes"])
-    resolution = training_resolution(checkpoint)
+    manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())["model"]
+    config = yaml.safe_load((model_dir / manifest["configFile"]).read_text()) if "configFile" in manifest else {}
+    settings = Settings.from_mapping((config or {}).get("handler"), metrics.SETTINGS)  # it sends no metrics
+    predictor = Predictor()
+    predictor.setup(str(model_dir), torch.device("cpu"),
+                    dataclasses.replace(settings, torch_threads=int(os.environ.get(ENV_THREADS, "1"))),
+                    manifest["serializedFile"])
+    name, version = manifest["modelName"], manifest.get("modelVersion", "")
     expected = f"Bearer {Path(os.environ[ENV_TOKEN_FILE]).read_text().strip()}".encode()
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
     def error(code: int, message: str, kind: str) -> Response:
-        return JSONResponse(format_error(code, message, kind), status_code=code)
+        return JSONResponse({"code": code, "type": kind, "message": message}, status_code=code)
 
     @app.get("/ping")
     async def ping():
         return {"status": "Healthy"}
 
-    @app.post("/predictions/{name}")
-    async def predictions(name: str, request: Request):
+    @app.post("/predictions/{model}")
+    async def predictions(model: str, request: Request):
         # The work runs inline on the event loop: one request at a time per worker process, like batch 1.
         if not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected):
             return error(401, "missing or wrong token", "Unauthorized")
-        if name != manifest["model"]["modelName"]:
-            return error(404, f"model {name!r} not found", "ModelNotFound")
-        try:
-            decoded = parse_request({"body": await request.body()}, DEFAULT_TOPK, len(labels))
-            inputs, (refusal,) = preprocess([decoded], resolution)
-        except InputTooLarge as refused:
-            return error(413, str(refused), "InputTooLarge")
-        except InputError as refused:
-            return error(400, str(refused), "InputError")
-        if refusal is not None:
-            return error(400, str(refusal), "InputError")
-        values, indices = torch.topk(predict(model, inputs), decoded.topk)
-        answers = [format_ranked(row_values, row_indices, labels)
-                   for row_values, row_indices in zip(values.tolist(), indices.tolist())]
-        body = {"predictions": answers} if decoded.many else answers[0]
-        return Response(json.dumps(body), media_type="application/json")
+        if model != name:
+            return error(404, f"model {model!r} not found", "ModelNotFound")
+        read = wire.read({"body": await request.body()}, predictor.limits)
+        reply = answers.reply(read, read.refusal or predictor.predict([read.request])[0], name, version)
+        return Response(reply.body, status_code=reply.status,
+                        media_type="application/json" if reply.binary_length is None else "application/octet-stream")
 
     return app
 

@@ -10,7 +10,7 @@ from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 import train
-from handler import digit_handler
+from handler import predictor
 from tests.support import ROOT
 
 # What TorchServe gives the worker for a REST request (its HTTP headers, plus `url_path` and `explain`, which its
@@ -27,8 +27,8 @@ def unpacked_model_dir(artifacts: Path, directory: Path) -> Path:
     """What TorchServe unpacks from the .mar, as far as the handler reads it."""
     shutil.copy(artifacts / train.WEIGHTS_FILE, directory)
     shutil.copy(artifacts / "index_to_name.json", directory)
-    digest = digit_handler.file_sha256(str(directory / train.WEIGHTS_FILE))
-    (directory / digit_handler.DIGEST_FILE).write_text(f"{digest}  {train.WEIGHTS_FILE}\n")
+    digest = predictor.file_sha256(str(directory / train.WEIGHTS_FILE))
+    (directory / predictor.DIGEST_FILE).write_text(f"{digest}  {train.WEIGHTS_FILE}\n")
     return directory
 
 

@@ -22,8 +22,8 @@ import torch
 import data
 import train
 from handler import explanations
-from handler.digit_handler import load_model
 from model import preprocessing
+from model.checkpoint import load_checkpoint
 from tests.support.images import png_bytes
 from tests.support import bad_inputs
 
@@ -37,7 +37,7 @@ ACCURACY_FLOOR = 0.98
 # (tests/handler checks it against forward-mode AD); how close that rule comes to p(x) - p(baseline) is the method's
 # error, which depends on the weights: a sharp rise of the probability along the path needs many steps. On the nine
 # models, at 32 steps the error's median over 64 test digits was 0.0047-0.0083 and its maximum 0.022-0.063 (another
-# machine's model: 0.051 over 8 digits, issue #21); at 1024 steps the maximum over 8 digits 0.0005-0.0014 (the error
+# machine's model: 0.051 over 8 digits); at 1024 steps the maximum over 8 digits 0.0005-0.0014 (the error
 # falls about as 1/steps); at 1 step the median 0.51-0.76. The bounds hold the worst of those with 3x or more margin.
 DEFAULT_STEPS_MEDIAN_ERROR = 0.025
 DEFAULT_STEPS_MAX_ERROR = 0.2
@@ -63,7 +63,7 @@ def train_on_the_tests_split(out: Path, seed: int, threads: int) -> Path:
 
 
 def measure(out: Path, images: np.ndarray, labels: np.ndarray) -> dict:
-    model, _ = load_model(str(out / train.WEIGHTS_FILE), torch.device("cpu"))
+    model = load_checkpoint(out / train.WEIGHTS_FILE)[0]
     inputs = torch.cat([preprocessing.image_bytes_to_tensor(png_bytes(image))[None] for image in images])
     with torch.inference_mode():
         probabilities = torch.softmax(model(inputs), dim=1)
