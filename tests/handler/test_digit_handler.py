@@ -23,7 +23,8 @@ from handler import digit_handler, explanations, predictor, wire
 from handler.digit_handler import DigitHandler
 from model import preprocessing
 from tests.support import ROOT, bad_inputs, corpus
-from tests.support.handler_context import GRPC_REQUEST, REST_REQUEST, V2_REQUEST, make_context, run_batch
+from tests.support.handler_context import (GRPC_REQUEST, REST_REQUEST, V2_REQUEST, emitted, make_context,
+                                          run_batch)
 from tests.support.images import npy_bytes, png_bytes
 from tests.support.tolerances import DEFAULT_STEPS_MAX_ERROR
 
@@ -275,18 +276,15 @@ def test_optimize_can_be_turned_off(model_dir):
     assert isinstance(model, torch.nn.Module) and not isinstance(model, torch.jit.ScriptModule)
 
 
-def test_tampered_weights_refuse_to_load_before_deserialising(model_dir, tmp_path):
-    tampered = tmp_path / "model_dir"
-    shutil.copytree(model_dir, tampered)
-    weights = tampered / train.WEIGHTS_FILE
-    data = bytearray(weights.read_bytes())
-    data[-100] ^= 0xFF  # one flipped byte
-    weights.write_bytes(bytes(data))
-    with pytest.raises(RuntimeError, match="refusing to load digit_cnn.pt: SHA-256 .* does not match"):
+def test_a_worker_with_tampered_weights_logs_why_and_exits(model_dir, tmp_path, caplog):
+    """The predictor refuses the weights (tests/handler/test_predictor.py); the worker says so in TorchServe's log
+    (the line it retries on) and fails its start."""
+    tampered = shutil.copytree(model_dir, tmp_path / "model_dir")
+    (tampered / predictor.DIGEST_FILE).write_text(f"{'0' * 64}  {train.WEIGHTS_FILE}\n")
+    with caplog.at_level(logging.ERROR), pytest.raises(RuntimeError, match="does not match"):
         DigitHandler().initialize(make_context(tampered, 1))
-    (tampered / predictor.DIGEST_FILE).unlink()
-    with pytest.raises(RuntimeError, match="no weights.sha256 in the archive"):
-        DigitHandler().initialize(make_context(tampered, 1))
+    assert [record.levelno for record in caplog.records if "refusing to load digit_cnn.pt" in record.getMessage()] \
+        == [logging.ERROR]
 
 
 # ---------------------------------------------------------------- the Open Inference Protocol through the handler
@@ -654,19 +652,6 @@ def test_a_v2_explanation_adds_attributions_and_images(handler, model_dir, test_
 
 
 # ---------------------------------------------------------------- metrics and the start line
-
-
-def emitted(caplog) -> list[tuple[str, float, dict]]:
-    """The metric lines TorchServe's metrics API wrote ([METRICS]name.Unit:value|#Dim:value,...|...)."""
-    rows = []
-    for record in caplog.records:
-        message = record.getMessage()
-        if message.startswith("[METRICS]"):
-            head, dimensions = message[len("[METRICS]"):].split("|")[:2]
-            name, value = head.rsplit(":", 1)
-            labels = dict(pair.split(":", 1) for pair in dimensions.removeprefix("#").split(","))
-            rows.append((name.rsplit(".", 1)[0], float(value), labels))
-    return rows
 
 
 def declared_model_metrics() -> dict[str, list[str]]:

@@ -12,6 +12,7 @@ from ts.metrics.metric_type_enum import MetricTypes
 
 from handler import metrics
 from tests.support import ROOT
+from tests.support.handler_context import emitted
 from tests.support.metric_labels import LABEL_VALUES
 
 
@@ -130,19 +131,6 @@ def test_emit_metrics_sends_each_row_as_its_kind_with_the_models_dimensions():
          {"InputKind": "oip", "ModelName": "digits", "Level": "Model"}, None),
     ]
     metrics.emit_metrics(None, [("digits_batches_total", 1, {})], "digits")  # a Context without a metrics cache
-
-
-def emitted(caplog) -> list[tuple[str, float, dict]]:
-    """The metric lines TorchServe's metrics API wrote ([METRICS]name.Unit:value|#Dim:value,...|...)."""
-    rows = []
-    for record in caplog.records:
-        message = record.getMessage()
-        if message.startswith("[METRICS]"):
-            head, dimensions = message[len("[METRICS]"):].split("|")[:2]
-            name, value = head.rsplit(":", 1)
-            labels = dict(pair.split(":", 1) for pair in dimensions.removeprefix("#").split(","))
-            rows.append((name.rsplit(".", 1)[0], float(value), labels))
-    return rows
 
 
 def test_torchserves_own_metrics_cache_takes_the_rows(caplog):

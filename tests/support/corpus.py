@@ -10,7 +10,8 @@ The requests are built here once and stored with their answers in tests/data/han
     python -m tests.support.corpus --record tests/data/handler_corpus.json
 
 and tests/handler/test_digit_handler.py replays the stored requests against today's handler. Recording from another
-commit: check that commit out, copy this file into its tests/support/, run the command there. The model is made here
+commit: check that commit out, copy this file into its tests/support/ (it needs only that commit's
+handler_context.make_context beside it), run the command there. The model is made here
 from a fixed seed (untrained: its answers are arbitrary, but the same on every run of one machine), so the corpus
 does not depend on a training run.
 """
@@ -36,8 +37,8 @@ SEED = 0  # the corpus model's initialisation
 SETTINGS = {"handler": {"topk": 3, "max_images": 20, "metrics_seconds": 0}}
 # Metric rows whose value is a duration: compared by name and labels only.
 TIMED = {"HandlerTime", "digits_handler_milliseconds_total", "digits_preprocessing_milliseconds_total"}
-WORKER_METRIC = re.compile(r"^digits_worker_")  # the worker's RSS and CPU time: reported on a clock, not per batch
 METRIC_LINE = re.compile(r"^\[METRICS\](?P<name>[^|]+?)\.(?P<unit>[^.:|]+):(?P<value>[^|]+)\|#(?P<dimensions>[^|]*)")
+WORKER_METRIC = re.compile(r"^digits_worker_")  # the worker's RSS and CPU time: reported on a clock, not per batch
 
 # The request properties TorchServe's frontend hands the worker (tests/support/handler_context.py says which).
 REST = {"Host": "127.0.0.1:8080", "Authorization": "Bearer token", "url_path": "", "explain": "False",
@@ -370,6 +371,16 @@ def make_model_dir(directory: Path) -> Path:
     return directory
 
 
+def metric_row(message: str) -> tuple[str, float, dict] | None:
+    """A metric line TorchServe's metrics API writes ([METRICS]name.Unit:value|#Dim:value,...|...) as (name, value,
+    labels); None for any other log message."""
+    match = METRIC_LINE.match(message)
+    if match is None:
+        return None
+    labels = dict(pair.split(":", 1) for pair in match["dimensions"].split(",") if pair)
+    return match["name"], float(match["value"]), labels
+
+
 class MetricLines(logging.Handler):
     """The [METRICS] lines TorchServe's metrics API writes, as (name, value or None for a duration, labels)."""
 
@@ -378,12 +389,11 @@ class MetricLines(logging.Handler):
         self.rows: list = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        match = METRIC_LINE.match(record.getMessage())
-        if match is None or WORKER_METRIC.match(match["name"]):
+        row = metric_row(record.getMessage())
+        if row is None or WORKER_METRIC.match(row[0]):
             return
-        labels = dict(pair.split(":", 1) for pair in match["dimensions"].split(",") if pair)
-        value = None if match["name"] in TIMED else float(match["value"])
-        self.rows.append([match["name"], value, labels])
+        name, value, labels = row
+        self.rows.append([name, None if name in TIMED else value, labels])
 
 
 def answer_of(context, idx: int, result: object) -> dict:

@@ -12,6 +12,7 @@ from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 import train
 from handler import predictor
 from tests.support import ROOT
+from tests.support.corpus import metric_row
 
 # What TorchServe gives the worker for a REST request (its HTTP headers, plus `url_path` and `explain`, which its
 # frontend adds for /predictions and /explanations), for a REST request to an Open Inference Protocol path
@@ -58,3 +59,8 @@ def run_batch(handler, model_dir, rows):
     results = handler.handle(rows, context)
     statuses = [context.get_response_status(idx)[0] for idx in range(len(rows))]
     return [json.loads(result) for result in results], statuses, context
+
+
+def emitted(caplog) -> list[tuple[str, float, dict]]:
+    """The metric rows written to the log records pytest captured."""
+    return [row for row in map(metric_row, (record.getMessage() for record in caplog.records)) if row is not None]
