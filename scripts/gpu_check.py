@@ -33,7 +33,7 @@ import requests
 from serving import archive as mar
 from serving import launch
 from serving.config import DEFAULT_MODEL, ROOT
-from serving.management import describe_text
+from serving.management import api_for, describe_text
 from serving.rest import classify
 
 SAMPLES = 20  # held-out digits sent when checking a built archive
@@ -107,7 +107,7 @@ def check(server: launch.Server, device: str, samples: list[Path]) -> int:
         print(f"gpu_check: FAIL: {message}", file=sys.stderr)
         failures.append(message)
 
-    entry = server.describe(DEFAULT_MODEL)[0]
+    entry = api_for(server.endpoints).describe(DEFAULT_MODEL)[0]
     print(describe_text(entry, entry.get("modelVersion")))
     workers = entry["workers"]
     pids = [int(worker["pid"]) for worker in workers]

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-import requests
 
 from serving.archive import model_name_of
 from serving.config import DEFAULT_CONFIG, KEY_FILE_NAME, ROOT, Endpoints, Ports
+from serving.management import ManagementError, Unreachable, api_for
 from serving.ports import PortClash, free_ports, port_taken, retry_port_clash
 from serving.processes import kill_all, pid_alive, process_tree, wait_for_exit
 from serving.readiness import wait_until_ready
@@ -37,6 +37,7 @@ PID_FILE_NAME = ".model_server.pid"  # where TorchServe's launcher writes the fr
 FREE = "free"  # ports: pick free loopback ports
 FROM_CONFIG = "config"  # ports: the config's own (and any TS_* override of them)
 INHERIT = "inherit"  # console: the launcher writes to the caller's stdout and stderr
+DESCRIBE_TIMEOUT = 10  # seconds for one describe call of worker_pids/kill_a_worker: a hung one fails, not waits
 
 log = logging.getLogger(__name__)
 
@@ -118,49 +119,33 @@ class Server:
     def auth(self, kind: str = "inference") -> dict:
         return {"Authorization": f"Bearer {read_token(self.endpoints.key_file, kind)}"}
 
-    def describe(self, model: str) -> list[dict]:
-        response = requests.get(f"{self.endpoints.management}/models/{model}", headers=self.auth("management"), timeout=10)
-        response.raise_for_status()
-        return response.json()
-
     def worker_pids(self, model: str) -> list[int]:
-        return [int(worker["pid"]) for entry in self.describe(model) for worker in entry["workers"]]
+        """The pids of the model's workers, as describe (serving.management) lists them."""
+        entries = api_for(self.endpoints, timeout=DESCRIBE_TIMEOUT).describe(model)
+        return [int(worker["pid"]) for entry in entries for worker in entry["workers"]]
 
     def frontend_pid(self) -> int:
         return int(self.pid_file.read_text())
 
     def kill_a_worker(self, model: str, timeout: float = 60) -> tuple[int, float | None]:
         """kill -9 one of the model's workers. Returns its pid and the seconds until TorchServe has replaced it
-        (describe shows as many READY workers as before, the killed pid not among them); None if not in time."""
-        workers = self.describe(model)[0]["workers"]
+        (describe shows as many READY workers as before, the killed pid not among them); None if not in time.
+        The benchmark's recovery measurement (benchmarks/load.py) uses it as well as the tests."""
+        api = api_for(self.endpoints, timeout=DESCRIBE_TIMEOUT)
+        workers = api.describe(model)[0]["workers"]
         victim = int(workers[0]["pid"])
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
         while time.monotonic() - killed_at < timeout:
             try:
-                ready = {int(worker["pid"]) for worker in self.describe(model)[0]["workers"]
+                ready = {int(worker["pid"]) for worker in api.describe(model)[0]["workers"]
                          if worker["status"] == "READY"}
-            except requests.RequestException:
+            except (ManagementError, Unreachable):
                 ready = set()
             if len(ready) >= len(workers) and victim not in ready:
                 return victim, time.monotonic() - killed_at
             time.sleep(0.1)
         return victim, None
-
-    def settled_logs(self, quiet: float = 1.0, timeout: float = 15.0) -> dict[str, str]:
-        """The log files' text once none has grown for `quiet` seconds: TorchServe writes them through log4j2's
-        async logger and the workers' stdout readers, so a line can land a moment after the event behind it."""
-        def sizes() -> dict:
-            return {path: path.stat().st_size for path in self.logs.glob("*.log")}
-
-        deadline = time.monotonic() + timeout
-        last, stable_since = sizes(), time.monotonic()
-        while time.monotonic() - stable_since < quiet and time.monotonic() < deadline:
-            time.sleep(0.1)
-            now = sizes()
-            if now != last:
-                last, stable_since = now, time.monotonic()
-        return {path.name: path.read_text(errors="replace") for path in last}
 
     def wait_until_ready(self, timeout: float = 180) -> None:
         """Until every worker of every model it loads is READY. Stops the server when it does not get there and
@@ -193,16 +178,6 @@ class Server:
     def log_texts(self) -> dict[str, str]:
         paths = [self.console, *sorted(self.logs.glob("*.log"))] if self.console else sorted(self.logs.glob("*.log"))
         return {path.name: path.read_text(errors="replace") for path in paths if path.exists()}
-
-    def wait_for_log(self, texts: list[str], timeout: float) -> list[str]:
-        """Until every one of `texts` is in the logs (or `timeout` seconds pass): the texts still missing."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = "\n".join(self.log_texts().values())
-            missing = [text for text in texts if text not in found]
-            if not missing or time.monotonic() > deadline:
-                return missing
-            time.sleep(0.2)
 
     def log_tail(self, lines: int = 40) -> str:
         text = []

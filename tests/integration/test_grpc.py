@@ -14,6 +14,7 @@ from tests.support import ROOT
 from tests.support.images import png_bytes
 from tests.support import bad_inputs
 from tests.support.grpc_calls import refusals
+from tests.support.servers import settled_logs
 
 pytestmark = pytest.mark.integration
 
@@ -140,7 +141,7 @@ def test_stream_predictions_answers_once_and_keeps_the_worker(server, channel, t
     messages = list(grpc_client.stream(channel, server.inference_token, "digits", None, b"seven", TIMEOUT))
     assert len(messages) == 1 and messages[0]["code"] == 400
     assert sorted(server.worker_pids("digits")) == pids
-    assert "Backend worker thread exception" not in server.settled_logs()["ts_log.log"]
+    assert "Backend worker thread exception" not in settled_logs(server)["ts_log.log"]
 
 
 def test_a_version_is_chosen_by_the_request_field(server, channel, test_split):

@@ -14,6 +14,7 @@ import pytest
 import requests
 import yaml
 
+from serving.management import api_for
 from serving.processes import pid_alive
 from serving import launch
 from tests.support import ROOT
@@ -69,8 +70,8 @@ def test_describe_shows_workers_batching_and_queue(versions_server, transport):
     shipped = yaml.safe_load((ROOT / "handler" / "model-config.yaml").read_text())
     batching = f"batchSize {shipped['batchSize']}  maxBatchDelay {shipped['maxBatchDelay']} ms"
     assert text.count(batching) == 2 and "pending 0" in text
-    workers = {worker["id"]: str(worker["pid"]) for entry in versions_server.describe("digits/all")
-               for worker in entry["workers"]}
+    workers = {worker["id"]: str(worker["pid"])
+               for entry in api_for(versions_server.endpoints).describe("digits", "all") for worker in entry["workers"]}
     rows = {row[0]: row for row in map(str.split, text.splitlines()) if row and row[0] in workers}
     assert len(workers) == 4 and len(rows) == 4
     for worker_id, row in rows.items():  # id, status, pid, RSS in MB (measured here), gpu
@@ -204,7 +205,7 @@ def test_scale_up_and_down_while_requests_keep_flowing(versions_server, test_spl
             assert result.returncode == 0, result.stderr
             resent += result.stderr.count("sent the scale call again")
             assert f"digits 1.0: {workers} of {workers} workers READY" in result.stdout
-            entry = server.describe("digits")[0]
+            entry = api_for(server.endpoints).describe("digits")[0]
             counts.append((entry["minWorkers"], sum(worker["status"] == "READY" for worker in entry["workers"])))
             removed = before - {int(worker["pid"]) for worker in entry["workers"]}
             windows.append((began, returned, gone_at(removed) if removed else returned, workers < previous))
@@ -252,7 +253,7 @@ def test_registration_is_refused_by_default_with_a_hint(server, transport):
         assert result.returncode == 1
         assert ("405" if transport == "rest" else "Model API disabled") in result.stderr
         assert "enable_model_api=false" in result.stderr
-    assert [entry["modelVersion"] for entry in server.describe("digits/all")] == ["1.0"]
+    assert [entry["modelVersion"] for entry in api_for(server.endpoints).describe("digits", "all")] == ["1.0"]
 
 
 def test_unregister_and_register_with_the_model_api_on(versions_server, test_split):

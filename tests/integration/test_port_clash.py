@@ -7,6 +7,7 @@ import socket
 import pytest
 
 from serving import launch
+from serving.management import api_for
 from serving.ports import free_ports
 
 pytestmark = pytest.mark.integration
@@ -35,7 +36,7 @@ def test_torchserve_whose_port_was_taken_starts_again_on_others(model_store, wor
         squatter.close()
     try:
         assert len(handed_out) == 2 and taken not in server.ports(), handed_out
-        assert server.describe("digits")[0]["workers"][0]["status"] == "READY"
+        assert api_for(server.endpoints).describe("digits")[0]["workers"][0]["status"] == "READY"
     finally:
         server.stop()
     assert not server.killed

@@ -19,10 +19,12 @@ import yaml
 from serving.rpc import client as grpc_client
 from serving import launch
 from serving.archive import package
+from serving.management import api_for
 from serving.processes import pid_alive
 from serving.config import effective_properties
 from tests.support import ROOT
 from tests.support.images import png_bytes
+from tests.support.servers import wait_for_log
 
 pytestmark = pytest.mark.integration
 
@@ -66,8 +68,8 @@ def test_archives_with_tampered_or_pickled_weights_never_serve(artifacts, model_
     refusals = ["refusing to load digit_cnn.pt: SHA-256", "tampered or corrupted weights", "Weights only load failed",
                 "posix.system"]
     try:
-        missing = server.wait_for_log(refusals, timeout=120)  # each worker refuses at its first start
-        describe = {name: server.describe(name)[0] for name in ("digits", "evil")}
+        missing = wait_for_log(server, refusals, timeout=120)  # each worker refuses at its first start
+        describe = {name: api_for(server.endpoints).describe(name)[0] for name in ("digits", "evil")}
     finally:
         stop_and_check(server)
     assert not missing, f"no {missing} in the logs:\n{server.log_tail()}"
