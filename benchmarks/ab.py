@@ -45,7 +45,7 @@ def tree_at(revision: str, directory: Path) -> Path:
 def package_with(tree: Path, artifacts: Path, store: Path) -> None:
     """store/digits.mar as `tree`'s own scripts/package.sh builds it (the venv's archiver)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    subprocess.run([str(tree / "scripts" / "package.sh"), "--artifacts", str(artifacts), "--export-path", str(store),
+    subprocess.run([str(tree / "scripts" / "package.sh"), "--artifacts", str(artifacts.resolve()), "--export-path", str(store),
                     "--model-name", "digits"], check=True, env=env, capture_output=True, cwd=tree)
 
 
