@@ -134,8 +134,8 @@ class DigitHandler(BaseHandler):
         """Read each request on its own, predict the batch, answer each: one result per request, in order."""
         started = time.perf_counter()
         self.batches += 1
-        grpc = [came_over_grpc(context.get_all_request_header(idx)) for idx in range(len(data))]
-        reads = [self.read(row, context.get_all_request_header(idx)) for idx, row in enumerate(data)]
+        properties = [context.get_all_request_header(idx) for idx in range(len(data))]
+        reads = [self.read(row, request) for row, request in zip(data, properties)]
         read_s = time.perf_counter() - started
         outcomes: list = [read.refusal for read in reads]
         accepted = [idx for idx, read in enumerate(reads) if read.refusal is None]
@@ -144,7 +144,7 @@ class DigitHandler(BaseHandler):
             outcomes[idx] = outcome
         preprocessed_ms = (read_s + timings["preprocess_s"]) * 1000.0  # reading and preprocessing, not the model
         batch = str(len(data)), f"{self.resources.process.pid}-{self.batches}"
-        results = [self.respond(context, idx, reads[idx], outcomes[idx], grpc[idx], batch) for idx in range(len(data))]
+        results = [self.respond(context, idx, properties[idx], reads[idx], outcomes[idx], batch) for idx in range(len(data))]
         self.report(context, reads, outcomes, preprocessed_ms, started)
         return results
 
@@ -153,12 +153,13 @@ class DigitHandler(BaseHandler):
                          binary_length=header_value(properties, open_inference.BINARY_HEADER),
                          explain=wants_explanation(properties, row))
 
-    def respond(self, context, idx: int, read: wire.Read, outcome, grpc: bool, batch: tuple[str, str]):
+    def respond(self, context, idx: int, properties: dict, read: wire.Read, outcome, batch: tuple[str, str]):
         """Request `idx`'s result: its response headers, its status when refused, and its body."""
+        grpc = came_over_grpc(properties)
         context.set_response_content_type(idx, JSON_CONTENT_TYPE)
         context.set_response_header(idx, BATCH_SIZE_HEADER, batch[0])
         context.set_response_header(idx, BATCH_ID_HEADER, batch[1])
-        request_id = header_value(context.get_all_request_header(idx), REQUEST_ID_HEADER)
+        request_id = header_value(properties, REQUEST_ID_HEADER)
         if request_id is not None:
             context.set_response_header(idx, REQUEST_ID_ECHO_HEADER, request_id)
         if grpc:
